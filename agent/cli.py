@@ -313,3 +313,30 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
     finally:
         cache.close()
     click.echo(f"Cleared {dropped:,} cached digests from {cache.path}.")
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per event for journald; json: one object per line for log shippers.",
+)
+def run(config_path: str | None, log_format: str) -> None:
+    """Run as a service: verify on schedule and on changes, deliver results, until SIGTERM.
+
+    SIGHUP or an edit of the config file reloads it; an invalid one is logged and ignored.
+    """
+    from .daemon import Daemon
+    from .logs import setup_logging
+
+    setup_logging(
+        log_format,
+        level=min(logging.INFO, logging.getLogger().level or logging.INFO),
+        replace_all=True,
+    )
+    path = find_config(config_path)
+    config = load_config(path)
+    sys.exit(Daemon(config, path).run())

@@ -93,8 +93,12 @@ def setup_logging(
     level: int = logging.INFO,
     stream: IO[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    replace_all: bool = False,
 ) -> logging.Handler:
-    """Route every logger to one stderr handler in the chosen format; returns the handler."""
+    """Route every logger to one stderr handler in the chosen format; returns the handler.
+
+    `replace_all` also drops handlers set up earlier (e.g. by `logging.basicConfig`).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     stream = stream if stream is not None else sys.stderr
@@ -105,7 +109,7 @@ def setup_logging(
     else:
         handler.setFormatter(TextFormatter(journal=stderr_is_journal(environ, stream)))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_smsagent", False)]:
+    for old in [h for h in root.handlers if replace_all or getattr(h, "_smsagent", False)]:
         root.removeHandler(old)
     handler._smsagent = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -1,0 +1,321 @@
+"""`smsagent run` as a real subprocess of the installed command, against the SMS emulator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.emulator import Emulator
+from agent.outbox import Outbox
+
+
+def smsagent() -> str:
+    beside = Path(sys.executable).parent / "smsagent"
+    found = str(beside) if beside.exists() else shutil.which("smsagent")
+    if not found:
+        pytest.skip("the smsagent command is not installed (pip install -e .)")
+    return found
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Agent:
+    """One `smsagent run` process with its config, trees and log in tmp_path."""
+
+    def __init__(self, tmp_path: Path, endpoint: str, **overrides: Any):
+        self.root = tmp_path
+        self.src = tmp_path / "src"
+        self.dst = tmp_path / "dst"
+        for tree in (self.src, self.dst):
+            (tree / "sub").mkdir(parents=True, exist_ok=True)
+            (tree / "cache").mkdir(exist_ok=True)
+            (tree / "sub" / "a.txt").write_text("same")
+            (tree / "b.txt").write_text("same too")
+        self.state = tmp_path / "state"
+        (tmp_path / "token").write_text("TOKEN\n")
+        (tmp_path / "token").chmod(0o600)
+        self.settings: dict[str, Any] = {
+            "endpoint": endpoint,
+            "task_id": "T",
+            "state_dir": str(self.state),
+            "directories": [{"path": str(self.src), "target": str(self.dst)}],
+            "exclude": ["cache/"],
+            "auth": {"token_file": str(tmp_path / "token")},
+            "schedule": {"interval": "2s", "jitter": 0},
+            "upload": {"backoff_max": "0.5s"},
+        }
+        self.settings.update(overrides)
+        self.config = tmp_path / "agent.yaml"
+        self.write_config()
+        self.log_path = tmp_path / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, text: str | None = None) -> None:
+        self.config.write_text(text if text is not None else yaml.safe_dump(self.settings))
+
+    def start(self, env: dict[str, str] | None = None, *args: str) -> Agent:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [smsagent(), "run", "--config", str(self.config), *args],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, **(env or {})},
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def terminate(self, timeout: float = 10) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long it took."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(token="TOKEN") as emu:
+        yield emu
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.kill()
+
+
+def results_for(emu: Emulator, path: Path) -> list[dict[str, Any]]:
+    return [e for batch in emu.received for e in batch if e["dir_check"] == str(path)]
+
+
+def test_results_arrive_at_start_and_on_every_interval(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(tmp_path, emulator.url)
+    agents.append(agent.start())
+    first = wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    assert first[0] == {
+        "dir_check": str(agent.src),
+        "num_total_files": 2,
+        "num_different_files": 0,
+        "num_target_miss_files": 0,
+        "num_target_more_files": 0,
+    }
+    wait_for(lambda: len(results_for(emulator, agent.src)) >= 3, 10, "two more intervals")
+    code, took = agent.terminate()
+    assert code == 0 and took < 10, agent.log()
+    assert "verified" in agent.log() and "Traceback" not in agent.log()
+
+
+def test_a_change_is_verified_again_after_debounce_but_not_an_excluded_one(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    # The state dir sits inside the watched tree: its own writes must not trigger a loop.
+    agent = Agent(
+        tmp_path,
+        emulator.url,
+        schedule={"interval": "1h", "jitter": 0, "watch": True, "debounce": "0.5s"},
+    )
+    agent.settings["state_dir"] = str(agent.src / ".smsagent-state")
+    agent.write_config()
+    agents.append(agent.start())
+    wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    wait_for(lambda: "watching 1 directories" in agent.log(), 5, "the watcher")
+
+    (agent.src / "cache" / "scratch").write_text("excluded")
+    (agent.src / "sub" / "cache").mkdir()
+    (agent.src / "sub" / "cache" / "deeper").write_text("excluded too")
+    time.sleep(0.5 + 2.5)
+    assert len(results_for(emulator, agent.src)) == 1, agent.log()
+
+    changed_at = time.monotonic()
+    (agent.src / "sub" / "a.txt").write_text("changed on the source")
+    second = wait_for(
+        lambda: results_for(emulator, agent.src)[1:], 0.5 + 5, "a result after the change"
+    )
+    assert time.monotonic() - changed_at >= 0.5
+    assert second[0]["num_different_files"] == 1
+    code, _ = agent.terminate()
+    assert code == 0, agent.log()
+
+
+def test_sigterm_exits_promptly_and_keeps_the_outbox(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    emulator.fail_next(1000, status=503)
+    agent = Agent(tmp_path, emulator.url, schedule={"interval": "1h", "jitter": 0})
+    agents.append(agent.start())
+    wait_for(lambda: emulator.requests, 10, "a first upload attempt")
+    code, took = agent.terminate()
+    assert code == 0 and took < 10, agent.log()
+    with Outbox(agent.state) as box:
+        assert [p.entry.dir_check for p in box.pending()] == [str(agent.src)]
+
+
+def test_sigterm_stops_a_verification_in_progress(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(tmp_path, emulator.url, limits={"read_mb_per_s": 1})
+    big = os.urandom(1 << 20) * 40  # 40 MB at 1 MB/s: a run of about a minute per side
+    (agent.src / "big.bin").write_bytes(big)
+    (agent.dst / "big.bin").write_bytes(big)
+    agents.append(agent.start())
+    wait_for(lambda: "directories, every" in agent.log(), 10, "start-up")
+    time.sleep(1.5)
+    code, took = agent.terminate()
+    assert code == 0 and took < 10, agent.log()
+    assert emulator.received == []
+    assert "interrupted run are not queued" in agent.log()
+
+
+def test_sigkill_then_restart_delivers_everything(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    # Nothing listens on this port: the first process can only queue.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    agent = Agent(tmp_path, f"http://127.0.0.1:{dead_port}",
+                  schedule={"interval": "1h", "jitter": 0})  # fmt: skip
+    agents.append(agent.start())
+    wait_for(lambda: "upload failed" in agent.log(), 10, "a failed upload")
+    agent.kill()  # SIGKILL: no chance to clean up
+    with Outbox(agent.state) as box:
+        assert len(box.pending()) == 1
+
+    # The restart may not verify (outside its window), so what arrives came from the outbox.
+    far = time.localtime(time.time() + 12 * 3600)
+    window = f"{far.tm_hour:02d}:00-{far.tm_hour:02d}:01"
+    agent.settings.update(endpoint=emulator.url,
+                          schedule={"interval": "1h", "jitter": 0, "window": window})  # fmt: skip
+    agent.write_config()
+    agent.start()
+    got = wait_for(lambda: results_for(emulator, agent.src), 10, "the queued result")
+    assert got[0]["num_total_files"] == 2
+    with Outbox(agent.state) as box:
+        assert box.pending() == []
+    code, _ = agent.terminate()
+    assert code == 0
+    assert agent.log().count("verified in") == 1, "the restart must not have verified"
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(tmp_path, emulator.url)
+    agents.append(agent.start())
+    wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    agent.write_config("schedule: {interval: [not a duration\n")
+    agent.signal(signal.SIGHUP)
+    wait_for(lambda: "previous one stays in force" in agent.log(), 5, "the rejection")
+    before = len(results_for(emulator, agent.src))
+    wait_for(lambda: len(results_for(emulator, agent.src)) > before, 10, "the old schedule")
+    assert agent.proc is not None and agent.proc.poll() is None
+    code, _ = agent.terminate()
+    assert code == 0
+
+
+def test_editing_the_config_file_reloads_it(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(tmp_path, emulator.url, schedule={"interval": "1h", "jitter": 0})
+    agents.append(agent.start())
+    wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    extra = tmp_path / "extra"
+    (extra / "x").mkdir(parents=True)
+    agent.settings["directories"].append({"path": str(extra), "target": str(agent.dst / "sub")})
+    agent.write_config()
+    got = wait_for(lambda: results_for(emulator, extra), 10, "the added directory's result")
+    assert got[0]["num_target_more_files"] == 1  # a.txt is only on that target
+    assert "the config file changed: configuration reloaded" in agent.log()
+    code, _ = agent.terminate()
+    assert code == 0
+
+
+def test_notify_socket_gets_ready_status_watchdog_and_stopping(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def drain() -> list[str]:
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            return messages
+
+    try:
+        agent = Agent(tmp_path, emulator.url)
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+        agents.append(agent.start(env))
+        wait_for(lambda: any("verified" in m for m in drain()), 10, "a STATUS after a run")
+        wait_for(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 3, 5, "watchdog pings")
+        code, _ = agent.terminate()
+        drain()
+    finally:
+        sock.close()
+    assert code == 0
+    assert messages[0].startswith("READY=1")
+    assert any(m.startswith("STATUS=last run") and "1 consistent" in m for m in messages)
+    assert "STOPPING=1" in messages[-1]
+    assert messages.index(next(m for m in messages if "STOPPING=1" in m)) > 0
+
+
+def test_a_config_without_directories_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    proc = subprocess.run(
+        [smsagent(), "run", "--config", str(config)], capture_output=True, text=True, timeout=20
+    )
+    assert proc.returncode == 2
+    assert "Config error" in proc.stderr and "no directories" in proc.stderr
+
+
+def test_json_logs_are_one_object_per_line(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    import json
+
+    agent = Agent(tmp_path, emulator.url)
+    agents.append(agent.start(None, "--log-format", "json"))
+    wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    agent.terminate()
+    records = [json.loads(line) for line in agent.log().splitlines()]
+    assert any(r.get("queued") == 1 and r["level"] == "info" for r in records)
+    assert "TOKEN" not in agent.log()
