@@ -115,7 +115,9 @@ def verify(
     if workers:
         config = replace(config, limits=replace(config.limits, workers=workers))
     report_file: IO[str] | None = None
-    if report_path:
+    if report_path == "-":
+        report_file = sys.stdout  # the table then goes to stderr
+    elif report_path:
         try:
             report_file = open(report_path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         except OSError as exc:
@@ -134,7 +136,7 @@ def verify(
     finally:
         if progress:
             progress.clear()
-        if report_file:
+        if report_file and report_file is not sys.stdout:
             report_file.close()
     for result in results:
         for field_name in result.clamped_fields():
@@ -147,7 +149,7 @@ def verify(
     if as_json:
         click.echo(json.dumps(_json_document(results, upload_note, started), ensure_ascii=False))
     else:
-        _print_table(results, time.monotonic() - started)
+        _print_table(results, time.monotonic() - started, err=report_path == "-")
         click.echo(upload_note["message"], err=True)
     for result in results:
         for note in result.notes[:10]:
@@ -209,7 +211,7 @@ def _json_result(r: DirResult) -> dict[str, Any]:
     }
 
 
-def _print_table(results: Sequence[DirResult], elapsed: float) -> None:
+def _print_table(results: Sequence[DirResult], elapsed: float, err: bool = False) -> None:
     headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "ERRORS", "HASHED", "TIME")
     rows = []
     for r in results:
@@ -224,13 +226,13 @@ def _print_table(results: Sequence[DirResult], elapsed: float) -> None:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
                      for i, h in enumerate(headers))  # fmt: skip
-    click.echo(line)
+    click.echo(line, err=err)
     for row in rows:
         click.echo("  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
-                             for i, v in enumerate(row)))  # fmt: skip
+                             for i, v in enumerate(row)), err=err)  # fmt: skip
     for r in results:
         if r.error:
-            click.echo(f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}")
+            click.echo(f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}", err=err)
     total_bytes = sum(r.counts.bytes_hashed for r in results)
     verdict = (
         "some directories could not be verified"
@@ -239,7 +241,7 @@ def _print_table(results: Sequence[DirResult], elapsed: float) -> None:
         if all(r.counts.consistent for r in results)
         else "differences found"
     )
-    click.echo(f"{verdict}; {_human_bytes(total_bytes)} hashed in {elapsed:.1f}s")
+    click.echo(f"{verdict}; {_human_bytes(total_bytes)} hashed in {elapsed:.1f}s", err=err)
 
 
 def _human_bytes(n: int) -> str:
