@@ -241,36 +241,30 @@ class Worker:
         [name, kind, size, mtime, ctime, ino, dev, link]."""
         folder = from_wire(path)
         entries = []
+        append = entries.append
+        # The loop is written out in full: it runs once per file of the tree.
         with os.scandir(folder) as it:
             for entry in it:
-                entries.append(self._describe(folder, entry))
-        entries.sort(key=lambda item: item[0])
+                name = entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    append(_unstatable(name, exc))
+                    continue
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    kind, link = "f", None
+                elif stat.S_ISDIR(mode):
+                    link = None
+                    kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
+                elif stat.S_ISLNK(mode):
+                    kind, link = _read_link(folder, name)
+                else:
+                    kind, link = "s", None
+                append([name.decode("latin-1"), kind, st.st_size, st.st_mtime_ns,
+                        st.st_ctime_ns, st.st_ino, st.st_dev, link])  # fmt: skip
+        entries.sort()  # names are unique, so this orders by name alone
         return entries
-
-    def _describe(self, folder, entry):
-        name = entry.name
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
-            return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
-        mode = st.st_mode
-        link = None
-        if stat.S_ISREG(mode):
-            kind = "f"
-        elif stat.S_ISDIR(mode):
-            kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
-        elif stat.S_ISLNK(mode):
-            kind = "l"
-            try:
-                link = to_wire(os.readlink(os.path.join(folder, name)))
-            except OSError as exc:
-                kind, link = "e", "cannot read link: " + os.strerror(exc.errno or 0)
-        else:
-            kind = "s"
-        return [to_wire(name), kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                st.st_dev, link]  # fmt: skip
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):
         """Digest the named files of one directory, each expected at the size and mtime the
@@ -344,6 +338,19 @@ class Worker:
             return ["err", ident, "unknown request %r" % (op,)]
         except OSError as exc:
             return ["err", ident, os.strerror(exc.errno) if exc.errno else str(exc)]
+
+
+def _unstatable(name, exc):
+    if exc.errno == errno.ENOENT:
+        return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
+    return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
+
+
+def _read_link(folder, name):
+    try:
+        return "l", to_wire(os.readlink(os.path.join(folder, name)))
+    except OSError as exc:
+        return "e", "cannot read link: " + os.strerror(exc.errno or 0)
 
 
 def _open_error(exc):
