@@ -223,9 +223,8 @@ class _Run:
         return min(c.outstanding for c in self.e.source.channels) < LIST_AHEAD
 
     def _abandon(self) -> None:
-        # Replies still on their way belong to no directory any more; drop them as they come.
-        for channel, _ in self.inflight:
-            channel.outstanding = 0
+        # Replies still on their way belong to no directory any more; they are dropped as
+        # they come (and still counted off their channel's `outstanding`).
         self.inflight.clear()
 
     def _path(self, side: str, rel: bytes) -> str:
