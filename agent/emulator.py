@@ -117,7 +117,10 @@ class Emulator:
 
     def start(self) -> Emulator:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sms-emulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # a prompt stop() keeps tests fast
+            name="sms-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
