@@ -163,7 +163,7 @@ def flush(
                                                   retry_after=getattr(exc, "retry_after", None),
                                                   rand=rand)  # fmt: skip
                         box.defer(task_id, batch, clock() + delay, str(exc))
-                        log.warning("upload failed (try %d), next try in %.1fs: %s",
+                        log.warning("upload failed (try %d), next try in %.3gs: %s",
                                     attempts, delay, exc)  # fmt: skip
                         break  # the rest of this task waits with it
                     else:
