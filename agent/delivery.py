@@ -145,14 +145,11 @@ def flush(
                         requests_sent += 1
                         client.post_results(task_id, [p.entry for p in batch])
                     except (UploadError, ValidationError) as exc:
-                        status = getattr(exc, "status", None)
-                        kind = disposition(status)
-                        if isinstance(exc, AuthError | ValidationError) and kind is not kind.RETRY:
-                            kind = Disposition.SLOW  # never drop results over credentials
+                        kind = classify(exc)
                         errors.append(str(exc))
-                        if kind is Disposition.PERMANENT:
-                            dead += box.kill(task_id, batch, "rejected", status,
-                                             exc.error_code, exc.error_msg)  # type: ignore[union-attr]  # fmt: skip
+                        if kind is Disposition.PERMANENT and isinstance(exc, UploadError):
+                            dead += box.kill(task_id, batch, "rejected", exc.status,
+                                             exc.error_code, exc.error_msg)  # fmt: skip
                             log.error("%d result(s) moved to dead letters: %s", len(batch), exc)
                             continue
                         attempts = max(p.attempts for p in batch) + 1
@@ -172,6 +169,16 @@ def flush(
             if deadline is None or clock() >= deadline:
                 break
         return _report(box, delivered, requests_sent, dead, errors)
+
+
+def classify(exc: UploadError | ValidationError) -> Disposition:
+    """Like `disposition`, but credentials and local limits are never a reason to drop results."""
+    if isinstance(exc, ValidationError):
+        return Disposition.SLOW  # e.g. an oversized token: the operator must fix it
+    kind = disposition(exc.status)
+    if isinstance(exc, AuthError) and (exc.status is None or kind is Disposition.PERMANENT):
+        return Disposition.SLOW  # no token configured, IAM refusing the login, ...
+    return kind
 
 
 def _drop_invalid(box: Outbox, task_id: str, batch: list[Pending]) -> list[Pending]:

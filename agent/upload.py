@@ -130,10 +130,19 @@ def validate_entry(entry: ConsistencyEntry) -> None:
 
 def make_session(ca_bundle: Path | None = None) -> requests.Session:
     """One session per client: TLS verified (optionally against a CA bundle), proxies from env."""
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise ConfigError(f"{ca_bundle} is not a readable file", key="tls.ca_bundle")
     session = requests.Session()
     session.verify = str(ca_bundle) if ca_bundle else True
     session.headers["User-Agent"] = USER_AGENT
+    # A no-op auth hook: without it requests would read ~/.netrc and could replace the
+    # signed Authorization header with Basic credentials. Proxies still come from the env.
+    session.auth = _no_netrc
     return session
+
+
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from sms_helpers import TOKEN, entry, make_config, results
 
 from agent import delivery
 from agent.emulator import Emulator
-from agent.errors import ValidationError
+from agent.errors import AuthError, UploadError, ValidationError
 from agent.model import DirCounts, DirResult
 from agent.outbox import Outbox
 
@@ -322,3 +322,33 @@ def test_no_secret_in_any_output(tmp_path: Path) -> None:
     assert "delivered" in text and "APIGW.0301" in text  # the runs did something
     for secret in [TOKEN, password, sk, *issued]:
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (UploadError("x"), "retry"),
+        (UploadError("x", status=503), "retry"),
+        (UploadError("x", status=400), "permanent"),
+        (UploadError("x", status=404), "permanent"),
+        (UploadError("x", status=403), "slow"),
+        (AuthError("no token configured"), "slow"),
+        (AuthError("IAM refused", status=400), "slow"),
+        (AuthError("IAM down", status=503), "retry"),
+        (ValidationError("token too long"), "slow"),
+    ],
+)
+def test_classify_never_drops_results_over_credentials(
+    exc: UploadError | ValidationError, expected: str
+) -> None:
+    assert delivery.classify(exc).value == expected
+
+
+def test_missing_token_keeps_results_and_waits(emu: Emulator, tmp_path: Path) -> None:
+    config = make_config(tmp_path, emu.url, auth={"token": None}, upload={"backoff_max": 120})
+    delivery.enqueue(config, results(1))
+    before = time.time()
+    report = delivery.flush(config)
+    assert report.pending == 1 and "no SMS token configured" in report.errors[0]
+    assert pending_of(tmp_path)[0] >= before + 120
+    assert emu.requests == []

@@ -290,4 +290,32 @@ def test_session_verifies_tls_and_uses_ca_bundle(tmp_path: Path) -> None:
     from agent.upload import make_session
 
     assert make_session().verify is True
+    (tmp_path / "ca.pem").write_text("")
     assert make_session(tmp_path / "ca.pem").verify == str(tmp_path / "ca.pem")
+
+
+def test_iam_endpoint_over_plain_http_is_refused(tmp_path: Path) -> None:
+    iam = {"endpoint": "http://iam.example.com", "domain": "d", "user": "u", "password_file": "/p"}
+    with pytest.raises(ConfigError, match="auth.iam.endpoint.*plain HTTP"):
+        make_config(tmp_path, "https://sms.example.com", auth={"iam": iam})
+
+
+def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "https://sms.example.com", tls={"ca_bundle": "/nonexistent.pem"})
+    with pytest.raises(ConfigError, match="tls.ca_bundle"):
+        open_client(config)
+
+
+def test_netrc_never_replaces_our_authorization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    sk = tmp_path / "sk"
+    sk.write_text("k")
+    with Emulator(task_ids=["T"], token=None, ak="AK1", sk="k") as emu:
+        auth = {"token": None, "ak": "AK1", "sk_file": str(sk)}
+        open_client(make_config(tmp_path, emu.url, auth=auth)).post_results("T", [entry()])
+        assert emu.requests[0].headers["Authorization"].startswith("SDK-HMAC-SHA256 ")
