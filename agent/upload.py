@@ -267,6 +267,9 @@ class SmsClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                # Per call, because requests lets $REQUESTS_CA_BUNDLE override the session's
+                # `verify`, which would ignore tls.ca_bundle; with verify=True the env applies.
+                verify=self._session.verify,
             )
         except requests.exceptions.SSLError as exc:
             raise UploadError(
@@ -343,6 +346,7 @@ def iam_login(
             headers={"Content-Type": CONTENT_TYPE},
             timeout=timeout,
             allow_redirects=False,
+            verify=session.verify,
         )
     except requests.exceptions.RequestException as exc:
         # `from None`: the request object in the chain holds the password body. A network

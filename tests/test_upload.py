@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -319,3 +322,37 @@ def test_netrc_never_replaces_our_authorization(
         auth = {"token": None, "ak": "AK1", "sk_file": str(sk)}
         open_client(make_config(tmp_path, emu.url, auth=auth)).post_results("T", [entry()])
         assert emu.requests[0].headers["Authorization"].startswith("SDK-HMAC-SHA256 ")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl command not available")
+    d = tmp_path_factory.mktemp("tls")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "1", "-subj", "/CN=smsagent test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "srv.pem", "-days", "1", "-extfile", "ext.cnf"],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run([openssl, *step], cwd=d, check=True, capture_output=True)
+    return {"ca": d / "ca.pem", "cert": d / "srv.pem", "key": d / "srv.key"}
+
+
+def test_tls_is_verified_and_ca_bundle_is_used(tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+    with Emulator(task_ids=["T"], token=TOKEN, ssl_context=context) as emu:
+        assert emu.url.startswith("https://127.0.0.1:")
+        with pytest.raises(UploadError, match="TLS verification failed .*tls.ca_bundle"):
+            open_client(make_config(tmp_path, emu.url)).post_results("T", [entry()])
+        assert emu.received == []
+        trusted = make_config(tmp_path, emu.url, tls={"ca_bundle": str(tls_files["ca"])})
+        open_client(trusted).post_results("T", [entry()])
+        assert len(emu.received) == 1
