@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sms_helpers import TOKEN, entry, make_config, results
 
 from agent import delivery
@@ -352,3 +354,14 @@ def test_missing_token_keeps_results_and_waits(emu: Emulator, tmp_path: Path) ->
     assert report.pending == 1 and "no SMS token configured" in report.errors[0]
     assert pending_of(tmp_path)[0] >= before + 120
     assert emu.requests == []
+
+
+@given(st.lists(st.tuples(st.sampled_from([f"/d{i}" for i in range(70)]), st.integers(0, 9))))
+def test_batches_properties(pairs: list[tuple[str, int]]) -> None:
+    items = [entry(d, total) for d, total in pairs]
+    chunks = delivery.batches(items)
+    flat = [e for chunk in chunks for e in chunk]
+    assert all(1 <= len(chunk) <= 30 for chunk in chunks)
+    assert len(flat) == len({e.dir_check for e in flat})  # each directory once, in one POST
+    latest = {e.dir_check: e for e in items}
+    assert {e.dir_check: e for e in flat} == latest  # the newest result of each
