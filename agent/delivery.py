@@ -117,12 +117,13 @@ def flush(
         if dead:
             log.error("%d result(s) pending longer than upload.max_age moved to dead letters",
                       dead)  # fmt: skip
-        if not box.pending():
-            return _report(box, 0, 0, dead, [])
-        if not config.endpoint:
-            return _report(box, 0, 0, dead, ["endpoint is not configured: nothing was uploaded"])
-        client = open_client(config, session)
         tally = _Tally(dead=dead)
+        if not box.pending():
+            return _report(box, tally)
+        if not config.endpoint:
+            tally.errors.append("endpoint is not configured: nothing was uploaded")
+            return _report(box, tally)
+        client = open_client(config, session)
         while not stop.is_set():
             due = box.due(float("inf") if force else None)
             force = False  # forcing is for the first pass only
@@ -139,7 +140,7 @@ def flush(
                         break  # the rest of this task waits with the failed batch
             if deadline is None or clock() >= deadline:
                 break
-        return _report(box, tally.delivered, tally.requests, tally.dead, tally.errors)
+        return _report(box, tally)
 
 
 @dataclass(slots=True)
@@ -214,17 +215,15 @@ def _drop_invalid(box: Outbox, task_id: str, batch: list[Pending]) -> list[Pendi
     return valid
 
 
-def _report(
-    box: Outbox, delivered: int, requests_sent: int, dead: int, errors: list[str]
-) -> FlushReport:
+def _report(box: Outbox, tally: _Tally) -> FlushReport:
     counts = box.counts()
     return FlushReport(
-        delivered=delivered,
-        requests=requests_sent,
-        dead=dead,
+        delivered=tally.delivered,
+        requests=tally.requests,
+        dead=tally.dead,
         pending=counts.pending,
         next_try=counts.next_try,
-        errors=tuple(errors),
+        errors=tuple(tally.errors),
     )
 
 
