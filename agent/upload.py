@@ -305,13 +305,10 @@ class SmsClient:
                 **kwargs,
             )
         if status == 401:
-            hint = (
-                "check auth.ak, auth.sk_file and the clock"
-                if "AK/SK" in self._credentials.describe()
-                else "it is expired or invalid; replace it (it is read again before the next try)"
-            )
+            creds = self._credentials
             return AuthError(
-                f"SMS rejected {self._credentials.describe()} (401 {detail}): {hint}", **kwargs
+                f"SMS rejected {creds.describe()} (401 {detail}): {creds.rejected_hint()}",
+                **kwargs,
             )
         if status == 403:
             params = "; ".join(fields.get("error_param") or ())

@@ -356,3 +356,16 @@ def test_tls_is_verified_and_ca_bundle_is_used(tmp_path: Path, tls_files: dict[s
         trusted = make_config(tmp_path, emu.url, tls={"ca_bundle": str(tls_files["ca"])})
         open_client(trusted).post_results("T", [entry()])
         assert len(emu.received) == 1
+
+
+def test_iam_renews_once_only(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    with Emulator(task_ids=["T"], token=None, iam_users={"alice": "pw"}) as emu:
+        iam = {"endpoint": emu.url, "domain": "dom", "user": "alice", "password_file": str(pw)}
+        client = open_client(make_config(tmp_path, emu.url, auth={"token": None, "iam": iam}))
+        emu.fail_next(3, status=401)
+        with pytest.raises(AuthError, match="freshly issued token was refused too"):
+            client.post_results("T", [entry()])
+        assert emu.logins == 2  # the first login, one renewal, and no loop
+        assert [s.status for s in emu.requests] == [201, 401, 201, 401]
