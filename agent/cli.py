@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import click
 
-from . import __version__
+from . import __version__, delivery
 from .config import AgentConfig, find_config, load_config, normalise_dir, render
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
@@ -145,7 +145,7 @@ def verify(
                 f"{MAX_COUNT:,} is sent, the true figure is in the local report",
                 err=True,
             )
-    upload_note = _upload_note(config, no_upload)
+    upload_note = _upload(config, results, no_upload)
     if as_json:
         click.echo(json.dumps(_json_document(results, upload_note, started), ensure_ascii=False))
     else:
@@ -154,23 +154,57 @@ def verify(
     for result in results:
         for note in result.notes[:10]:
             click.echo(f"smsagent: {result.dir_check}: {note}", err=True)
-    sys.exit(_exit_code(results))
+    sys.exit(_exit_code(results, undelivered=upload_note["pending"] > 0))
 
 
-def _upload_note(config: AgentConfig, no_upload: bool) -> dict[str, Any]:
+def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) -> dict[str, Any]:
+    """Queue the results in the outbox, then try once to deliver what is due."""
+    note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
-        return {"uploaded": False, "message": "Nothing uploaded (--no-upload)."}
-    if not config.endpoint or not config.task_id:
-        return {
-            "uploaded": False,
-            "message": "Nothing uploaded: no SMS endpoint and task_id are configured.",
-        }
-    return {"uploaded": False, "message": "Upload is not available in this version."}
+        return {**note, "message": "Nothing uploaded (--no-upload)."}
+    queued = delivery.enqueue(config, results)
+    if queued.reason:
+        return {**note, "message": f"Nothing uploaded: {queued.reason}."}
+    report = delivery.flush(config)
+    note.update(
+        uploaded=report.delivered > 0,
+        delivered=report.delivered,
+        pending=report.pending,
+        dead=report.dead,
+        message=_flush_message(report, config),
+    )
+    return note
 
 
-def _exit_code(results: Sequence[DirResult]) -> int:
+def _flush_message(report: delivery.FlushReport, config: AgentConfig) -> str:
+    if report.requests == 0 and report.pending == 0 and report.dead == 0:
+        return "Nothing to deliver."
+    parts = []
+    if report.delivered:
+        parts.append(
+            f"Uploaded {report.delivered} result(s) to SMS task {config.task_id} "
+            f"in {report.requests} request(s)."
+        )
+    if report.dead:
+        parts.append(
+            f"{report.dead} result(s) rejected for good and moved to dead letters "
+            "(see `smsagent status`)."
+        )
+    if report.pending:
+        why = f": {report.errors[-1]}" if report.errors else ""
+        parts.append(
+            f"{report.pending} result(s) queued but not delivered{why}. They are retried "
+            "by `smsagent flush` and by the daemon."
+        )
+    return "\n".join(parts)
+
+
+def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
+    """2 beats 3 beats 1: an undelivered result needs attention even when files differ."""
     if any(r.error for r in results):
         return EXIT_USAGE
+    if undelivered:
+        return EXIT_UNDELIVERED
     if any(not r.counts.consistent for r in results):
         return EXIT_DIFFERENT
     return EXIT_OK
@@ -315,3 +349,134 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
     finally:
         cache.close()
     click.echo(f"Cleared {dropped:,} cached digests from {cache.path}.")
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0,
+    metavar="SECONDS",
+    help="Keep retrying with backoff for up to SECONDS until everything is delivered.",
+)
+def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
+    """Deliver the queued results now, ignoring their backoff; exit 3 if some stay queued."""
+    config = _load(config_path).with_overrides(state_dir=state_dir)
+    deadline = time.time() + wait if wait else None
+    report = delivery.flush(config, deadline=deadline, force=True)
+    message = _flush_message(report, config)
+    click.echo(message, err=report.pending > 0)
+    sys.exit(EXIT_UNDELIVERED if report.pending else EXIT_OK)
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option("--remote", is_flag=True, help="Also read back what SMS holds for the task.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def status(config_path: str | None, state_dir: str | None, remote: bool, as_json: bool) -> None:
+    """Show the last result per directory and what is pending or dead-lettered."""
+    config = _load(config_path).with_overrides(state_dir=state_dir)
+    local = delivery.status(config)
+    if as_json:
+        remote_results = delivery.remote_status(config) if remote else None
+        click.echo(json.dumps(_status_document(local, remote_results), ensure_ascii=False))
+        return
+    _print_status(local)  # first: still useful when SMS cannot be reached
+    if remote:
+        _print_remote(config, delivery.remote_status(config))
+
+
+def _when(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def _print_status(local: delivery.StatusReport) -> None:
+    if not local.last_results:
+        click.echo("No results recorded yet.")
+    else:
+        headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "STATE", "CHECKED")
+        rows = []
+        for r in local.last_results:
+            e = r.entry
+            counts = (
+                (f"{e.num_total_files:,}", f"{e.num_different_files:,}",
+                 f"{e.num_target_miss_files:,}", f"{e.num_target_more_files:,}")
+                if e else ("-", "-", "-", "-")
+            )  # fmt: skip
+            state = r.state if not r.detail else f"{r.state} ({r.detail})"
+            rows.append((escape(r.dir_check), *counts, state, _when(r.checked_at)))
+        _echo_table(headers, rows)
+    c = local.counts
+    line = f"Pending: {c.pending}"
+    if c.pending:
+        line += f", next try {_when(c.next_try)}"
+        if c.last_pending_error:
+            line += f"; last error: {c.last_pending_error}"
+    click.echo(line)
+    line = f"Dead letters: {c.dead}"
+    if c.dead and c.last_dead_error:
+        line += f"; last: {c.last_dead_error}"
+    click.echo(line)
+
+
+def _print_remote(config: AgentConfig, remote: Sequence[Any]) -> None:
+    click.echo(f"SMS task {config.task_id}: {len(remote)} result(s) on record")
+    for item in remote:
+        if item.raw is not None:
+            click.echo(f"  {item.raw}")
+            continue
+        finished = _when(item.finished_time / 1000) if item.finished_time else "-"
+        click.echo(f"  finished {finished}, check_result {item.check_result or '-'}")
+        for e in item.entries:
+            click.echo(
+                f"    {escape(e.dir_check)}: total {e.num_total_files:,}, different "
+                f"{e.num_different_files:,}, missing {e.num_target_miss_files:,}, "
+                f"more {e.num_target_more_files:,}"
+            )
+
+
+def _status_document(local: delivery.StatusReport, remote: Sequence[Any] | None) -> dict[str, Any]:
+    c = local.counts
+    doc: dict[str, Any] = {
+        "directories": [
+            {
+                "dir_check": r.dir_check,
+                "task_id": r.task_id,
+                "result": r.entry.to_api() if r.entry else None,
+                "state": r.state,
+                "detail": r.detail,
+                "checked_at": r.checked_at,
+                "delivered_at": r.delivered_at,
+            }
+            for r in local.last_results
+        ],
+        "pending": {"count": c.pending, "next_try": c.next_try, "last_error": c.last_pending_error},
+        "dead_letters": {"count": c.dead, "last_error": c.last_dead_error},
+    }
+    if remote is not None:
+        doc["remote"] = [
+            {
+                "finished_time": item.finished_time,
+                "check_result": item.check_result,
+                "consistency_result": [e.to_api() for e in item.entries],
+                "raw": item.raw,
+            }
+            for item in remote
+        ]
+    return doc
+
+
+def _echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    for row in (headers, *rows):
+        click.echo(
+            "  ".join(
+                v.ljust(widths[i]) if i in (0, len(row) - 2, len(row) - 1) else v.rjust(widths[i])
+                for i, v in enumerate(row)
+            ).rstrip()
+        )

@@ -32,6 +32,25 @@ class UploadError(AgentError):
 
     kind = "Upload error"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+        error_param: tuple[str, ...] = (),
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.url = url
+        self.status = status  # None: no HTTP answer (connection error, timeout)
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.error_param = error_param
+        self.retry_after = retry_after  # seconds, from the server's Retry-After
+
 
 class ValidationError(AgentError):
     """A value cannot be sent to SMS because it breaks a documented API limit."""
@@ -43,3 +62,9 @@ class StateError(AgentError):
     """The state directory or its SQLite database cannot be used."""
 
     kind = "State error"
+
+
+class AuthError(UploadError):
+    """No usable credentials, or SMS/IAM refused them; results stay in the outbox."""
+
+    kind = "Auth error"

@@ -1,0 +1,386 @@
+"""HTTP to SMS and IAM: the session, the consistency-result client, error mapping and backoff.
+
+The only module that imports `requests`; its exceptions become `UploadError`/`AuthError` here.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from . import __version__
+from .auth import Credentials, credentials_for, iam_auth_body, parse_expires_at
+from .config import AgentConfig, IamConfig
+from .errors import AuthError, ConfigError, UploadError, ValidationError
+from .model import (
+    MAX_COUNT,
+    MAX_DIR_CHECK,
+    MAX_ENTRIES_PER_REQUEST,
+    MAX_TASK_ID,
+    ConsistencyEntry,
+)
+from .secret import Secret
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json;charset=UTF-8"
+USER_AGENT = f"smsagent/{__version__}"
+MAX_RETRY_AFTER = 86400.0
+COUNT_FIELDS = (
+    "num_total_files",
+    "num_different_files",
+    "num_target_miss_files",
+    "num_target_more_files",
+)
+
+
+class Disposition(enum.Enum):
+    """What to do with entries after a failed POST."""
+
+    RETRY = "retry"  # transient: exponential backoff with jitter
+    SLOW = "slow"  # needs an operator (auth, permissions, redirect): retry at backoff_max
+    PERMANENT = "permanent"  # the server will never accept it: dead letters
+
+
+def disposition(status: int | None) -> Disposition:
+    """No answer, 408, 429 and 5xx are transient; 400 and 404 are final; the rest waits slowly."""
+    if status is None or status in (408, 429) or status >= 500:
+        return Disposition.RETRY
+    if status in (400, 404):
+        return Disposition.PERMANENT
+    return Disposition.SLOW
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    cap: float,
+    base: float = 1.0,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))], never before Retry-After."""
+    base = min(base, cap)
+    ceiling = min(cap, base * 2 ** max(0, min(attempt - 1, 60)))
+    delay = rand() * ceiling
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+def validate_request(task_id: str, entries: Sequence[ConsistencyEntry]) -> None:
+    """Every documented limit, checked before sending, so the operator sees why and not a 400."""
+    if not 1 <= len(task_id) <= MAX_TASK_ID:
+        raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters, not {len(task_id)}")
+    if not entries:
+        raise ValidationError("refusing to post an empty consistency_result list")
+    if len(entries) > MAX_ENTRIES_PER_REQUEST:
+        raise ValidationError(
+            f"{len(entries)} entries in one request; SMS accepts at most {MAX_ENTRIES_PER_REQUEST}"
+        )
+    seen: set[str] = set()
+    for entry in entries:
+        validate_entry(entry)
+        if entry.dir_check in seen:
+            raise ValidationError(f"{entry.dir_check!r} appears twice in one request")
+        seen.add(entry.dir_check)
+
+
+def validate_entry(entry: ConsistencyEntry) -> None:
+    if not isinstance(entry.dir_check, str) or len(entry.dir_check) > MAX_DIR_CHECK:
+        raise ValidationError(
+            f"dir_check {entry.dir_check[:60]!r}... is {len(entry.dir_check)} characters; "
+            f"SMS accepts at most {MAX_DIR_CHECK}"
+        )
+    for name in COUNT_FIELDS:
+        value = getattr(entry, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise ValidationError(
+                f"{entry.dir_check}: {name} is {value!r}; "
+                f"SMS accepts whole numbers 0 to {MAX_COUNT}"
+            )
+
+
+def make_session(ca_bundle: Path | None = None) -> requests.Session:
+    """One session per client: TLS verified (optionally against a CA bundle), proxies from env."""
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise ConfigError(f"{ca_bundle} is not a readable file", key="tls.ca_bundle")
+    session = requests.Session()
+    session.verify = str(ca_bundle) if ca_bundle else True
+    session.headers["User-Agent"] = USER_AGENT
+    # A no-op auth hook: without it requests would read ~/.netrc and could replace the
+    # signed Authorization header with Basic credentials. Proxies still come from the env.
+    session.auth = _no_netrc
+    return session
+
+
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteResult:
+    """One item of GET consistency-result's `result_list`."""
+
+    finished_time: int | None
+    check_result: str | None
+    entries: tuple[ConsistencyEntry, ...]
+    raw: str | None = None  # a string item that was not JSON: shown as is
+
+
+def parse_result_list(data: Any) -> list[RemoteResult]:
+    """`result_list` is documented both as objects and as strings: accept both."""
+    items = data.get("result_list") if isinstance(data, dict) else None
+    out = []
+    for item in items or []:
+        if isinstance(item, str):
+            try:
+                decoded = json.loads(item)
+            except ValueError:
+                out.append(RemoteResult(None, None, (), raw=item))
+                continue
+            if not isinstance(decoded, dict):
+                out.append(RemoteResult(None, None, (), raw=item))
+                continue
+            item = decoded
+        if not isinstance(item, dict):
+            continue
+        entries = []
+        for e in item.get("consistency_result") or []:
+            if isinstance(e, dict):
+                entries.append(
+                    ConsistencyEntry(
+                        dir_check=str(e.get("dir_check", "")),
+                        **{name: int(e.get(name) or 0) for name in COUNT_FIELDS},
+                    )
+                )
+        finished = item.get("finished_time")
+        out.append(
+            RemoteResult(
+                finished_time=int(finished) if isinstance(finished, int | float) else None,
+                check_result=str(item["check_result"]) if "check_result" in item else None,
+                entries=tuple(entries),
+            )
+        )
+    return out
+
+
+def _error_fields(response: requests.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    params = data.get("error_param")
+    return {
+        "error_code": str(data["error_code"]) if data.get("error_code") else None,
+        "error_msg": str(data["error_msg"])[:500] if data.get("error_msg") else None,
+        "error_param": tuple(str(p)[:300] for p in params) if isinstance(params, list) else (),
+    }
+
+
+class SmsClient:
+    """POST and GET of /v3/tasks/{task_id}/consistency-result with one session."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: Credentials,
+        session: requests.Session,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        clock: Callable[[], float] = time.time,
+    ):
+        self.endpoint = endpoint.rstrip("/")
+        self._credentials = credentials
+        self._session = session
+        self._timeout = timeout
+        self._clock = clock
+
+    def url(self, task_id: str) -> str:
+        return f"{self.endpoint}/v3/tasks/{quote(task_id, safe='')}/consistency-result"
+
+    def post_results(self, task_id: str, entries: Sequence[ConsistencyEntry]) -> None:
+        """Deliver one batch; returns on 2xx, raises UploadError (or AuthError) otherwise."""
+        validate_request(task_id, entries)
+        body = json.dumps(
+            {"consistency_result": [e.to_api() for e in entries]}, ensure_ascii=False
+        ).encode("utf-8")
+        self._send("POST", self.url(task_id), body)
+
+    def get_results(self, task_id: str) -> list[RemoteResult]:
+        if not 1 <= len(task_id) <= MAX_TASK_ID:
+            raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters")
+        response = self._send("GET", self.url(task_id), b"")
+        try:
+            return parse_result_list(response.json())
+        except ValueError:
+            raise UploadError(
+                f"GET {self.url(task_id)} answered {response.status_code} without JSON",
+                url=self.url(task_id),
+                status=response.status_code,
+            ) from None
+
+    def _send(self, method: str, url: str, body: bytes) -> requests.Response:
+        response = self._request(method, url, body)
+        if response.status_code == 401 and self._credentials.renew():
+            response = self._request(method, url, body)
+        if 200 <= response.status_code < 300:
+            return response
+        raise self._error(method, url, response)
+
+    def _request(self, method: str, url: str, body: bytes) -> requests.Response:
+        base = {"Content-Type": CONTENT_TYPE} if body else {}
+        headers = self._credentials.headers(method, url, base, body)
+        try:
+            return self._session.request(
+                method,
+                url,
+                data=body or None,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                # Per call, because requests lets $REQUESTS_CA_BUNDLE override the session's
+                # `verify`, which would ignore tls.ca_bundle; with verify=True the env applies.
+                verify=self._session.verify,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise UploadError(
+                f"TLS verification failed for {url}; set tls.ca_bundle if SMS is reached "
+                f"through an intercepting proxy ({_reason(exc)})",
+                url=url,
+            ) from exc
+        except requests.exceptions.ConnectTimeout as exc:
+            raise UploadError(
+                f"no connection to {url} within {self._timeout[0]:g}s", url=url
+            ) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            raise UploadError(
+                f"no answer from {url} within {self._timeout[1]:g}s", url=url
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise UploadError(f"cannot reach {url}: {_reason(exc)}", url=url) from exc
+        except requests.exceptions.RequestException as exc:
+            raise UploadError(f"{method} {url} failed: {_reason(exc)}", url=url) from exc
+
+    def _error(self, method: str, url: str, response: requests.Response) -> UploadError:
+        status = response.status_code
+        fields = _error_fields(response)
+        code, msg = fields.get("error_code"), fields.get("error_msg")
+        detail = ": ".join(p for p in (code, msg) if p) or (response.reason or "no details")
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+        kwargs: dict[str, Any] = dict(url=url, status=status, retry_after=retry_after, **fields)
+        if 300 <= status < 400:
+            where = response.headers.get("Location", "?")
+            return UploadError(
+                f"{method} {url} was redirected ({status}) to {where}; redirects are not "
+                "followed: set endpoint to the final https:// URL",
+                **kwargs,
+            )
+        if status == 401:
+            creds = self._credentials
+            return AuthError(
+                f"SMS rejected {creds.describe()} (401 {detail}): {creds.rejected_hint()}",
+                **kwargs,
+            )
+        if status == 403:
+            params = "; ".join(fields.get("error_param") or ())
+            return AuthError(
+                f"SMS refused {method} {url} (403 {detail})"
+                + (f" [error_param: {params}]" if params else "")
+                + ": check the user's SMS permissions and the task ID",
+                **kwargs,
+            )
+        return UploadError(f"SMS answered {status} to {method} {url}: {detail}", **kwargs)
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause, short: enough to tell refused from DNS from TLS."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None or (cause.args and isinstance(cause.args[0], Exception)):
+        cause = cause.__cause__ or cause.args[0]
+    text = str(cause).split("Caused by ")[-1].strip("()")
+    return text[:200]
+
+
+def iam_login(
+    session: requests.Session, timeout: tuple[float, float], iam: IamConfig, password: Secret
+) -> tuple[Secret, float]:
+    """POST {iam}/v3/auth/tokens; the token is the X-Subject-Token header."""
+    url = iam.endpoint.rstrip("/") + "/v3/auth/tokens"
+    body = json.dumps(iam_auth_body(iam, password)).encode("utf-8")
+    try:
+        response = session.post(
+            url,
+            data=body,
+            headers={"Content-Type": CONTENT_TYPE},
+            timeout=timeout,
+            allow_redirects=False,
+            verify=session.verify,
+        )
+    except requests.exceptions.RequestException as exc:
+        # `from None`: the request object in the chain holds the password body. A network
+        # failure is transient, so UploadError (retried with backoff), not AuthError.
+        raise UploadError(f"IAM login at {url} failed: {_reason(exc)}", url=url) from None
+    if response.status_code not in (200, 201):
+        fields = _error_fields(response)
+        detail = ": ".join(p for p in (fields.get("error_code"), fields.get("error_msg")) if p)
+        raise AuthError(
+            f"IAM refused the login of user {iam.user} in domain {iam.domain} "
+            f"({response.status_code} {detail or response.reason})",
+            url=url,
+            status=response.status_code,
+            error_code=fields.get("error_code"),
+            error_msg=fields.get("error_msg"),
+        )
+    token = response.headers.get("X-Subject-Token")
+    try:
+        expires = parse_expires_at(response.json()["token"]["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        expires = None
+    if not token or expires is None:
+        raise AuthError(
+            f"IAM at {url} answered without X-Subject-Token or token.expires_at", url=url
+        )
+    return Secret(token), expires
+
+
+def open_client(config: AgentConfig, session: requests.Session | None = None) -> SmsClient:
+    """The client for the configured endpoint, with credentials chosen from `auth`."""
+    if not config.endpoint:
+        raise ConfigError("endpoint is not set: nothing can be uploaded", source=config.source)
+    session = session or make_session(config.ca_bundle)
+    timeout = (config.upload.connect_timeout, config.upload.read_timeout)
+
+    def login(iam: IamConfig, password: Secret) -> tuple[Secret, float]:
+        return iam_login(session, timeout, iam, password)
+
+    credentials = credentials_for(config.auth, config.state_dir, login)
+    return SmsClient(config.endpoint, credentials, session, timeout)
