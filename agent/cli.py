@@ -6,6 +6,7 @@ could not be verified, 3 results queued but not delivered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -162,6 +163,12 @@ def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) 
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
         return {**note, "message": "Nothing uploaded (--no-upload)."}
+    if not config.endpoint or not config.task_id:
+        missing = "endpoint" if not config.endpoint else "task_id"
+        # Still remembered for `smsagent status`, where the state directory is usable.
+        with contextlib.suppress(AgentError):
+            delivery.enqueue(config, results)
+        return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}
     queued = delivery.enqueue(config, results)
     if queued.reason:
         return {**note, "message": f"Nothing uploaded: {queued.reason}."}

@@ -35,7 +35,7 @@ def test_verify_prints_the_table_and_exits_1_on_differences(run_cli, pair, tmp_p
     assert header.split() == ["DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "ERRORS",
                               "HASHED", "TIME"]  # fmt: skip
     assert row.split()[:6] == [str(src), "5", "1", "1", "1", "0"]
-    assert "Nothing uploaded: no SMS endpoint" in done.stderr
+    assert "Nothing uploaded: no SMS endpoint is configured." in done.stderr
     assert "Traceback" not in done.stderr
 
 

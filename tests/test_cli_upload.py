@@ -101,7 +101,7 @@ def test_no_upload_and_no_endpoint(emu: Emulator, tmp_path: Path) -> None:
     config = write_config(tmp_path / "b", None)
     done = run("verify", "--config", config)
     assert done.returncode == 0
-    assert "Nothing uploaded: endpoint is not configured" in done.stderr
+    assert "Nothing uploaded: no SMS endpoint is configured." in done.stderr
     assert emu.requests == []
 
 

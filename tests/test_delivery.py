@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sms_helpers import TOKEN, entry, make_config, results
 
 from agent import delivery
 from agent.emulator import Emulator
 from agent.errors import AuthError, UploadError, ValidationError
 from agent.model import DirCounts, DirResult
 from agent.outbox import Outbox
+
+from .sms_helpers import TOKEN, entry, make_config, results
 
 
 @pytest.fixture

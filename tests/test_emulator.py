@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sms_helpers import entry
 
 from agent.emulator import Emulator
+
+from .sms_helpers import entry
 
 GOOD = {"consistency_result": [entry("/var", 3).to_api()]}
 

@@ -8,10 +8,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from sms_helpers import entry
 
 from agent.errors import StateError
 from agent.outbox import Outbox
+
+from .sms_helpers import entry
 
 
 class Clock:

@@ -13,7 +13,6 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from sms_helpers import TOKEN, entry, make_config
 
 from agent.config import parse_config
 from agent.emulator import Emulator
@@ -30,6 +29,8 @@ from agent.upload import (
     parse_retry_after,
     validate_request,
 )
+
+from .sms_helpers import TOKEN, entry, make_config
 
 
 @pytest.fixture
