@@ -530,8 +530,8 @@ def prepare_tree(
     if root.exists():
         log(f"removing the {kind} tree in {root}: built with other parameters")
         shutil.rmtree(root)
-    check_space(workdir, kind, scale)
     root.mkdir(parents=True)
+    check_space(root, kind, scale)
     log(f"generating the {kind} tree in {root} (scale {scale:g}, seed {seed})")
     started = time.monotonic()
     # The seed is mixed with the kind so each tree has its own stream, whichever cases are run.
