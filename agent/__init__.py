@@ -1,3 +1,3 @@
-"""smsagent: verify a migrated server against its source and report the counts to Huawei Cloud SMS."""
+"""smsagent: verify a migrated server against its source and report the counts to SMS."""
 
 __version__ = "0.1.0"

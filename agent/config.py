@@ -191,7 +191,7 @@ def default_state_dir() -> Path:
 
 
 def find_config(explicit: str | None) -> Path | None:
-    """`--config`, then $SMSAGENT_CONFIG, then /etc/smsagent/agent.yaml, then ./config/agent.yaml."""
+    """--config, then $SMSAGENT_CONFIG, then /etc/smsagent/agent.yaml, then config/agent.yaml."""
     if explicit:
         return Path(explicit)
     from_env = os.environ.get("SMSAGENT_CONFIG")
@@ -228,7 +228,7 @@ def load_config(path: Path | None) -> AgentConfig:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError("the top level must be a mapping of keys", source=str(path))
-    config = parse_config(data, source=str(path))
+    config = parse_config(data, source=str(path), base=str(path.resolve().parent))
     if config.auth.token is not None and _readable_by_others(path):
         warning = (
             f"{path}: auth.token is written inline and the file is readable by group or others; "
@@ -257,8 +257,9 @@ _ALIASES = {"excludes": "exclude", "dirs": "directories"}
 class _Reader:
     """Collects every problem in a config so the operator sees them all at once."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, base: str | None = None):
         self.source = source
+        self.base = base  # relative paths in a file are taken from the file's folder
         self.errors: list[str] = []
 
     def error(self, key: str, message: str) -> None:
@@ -345,7 +346,10 @@ class _Reader:
 
     def path(self, value: Any, key: str) -> Path | None:
         text = self.string(value, key)
-        return Path(os.path.expanduser(text)) if text is not None else None
+        if text is None:
+            return None
+        path = Path(os.path.expanduser(text))
+        return Path(self.base) / path if self.base and not path.is_absolute() else path
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -391,9 +395,12 @@ def normalise_dir(path: str) -> str:
     return normal
 
 
-def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> AgentConfig:
-    """Validate a parsed YAML mapping; raises one ConfigError listing every problem."""
-    r = _Reader(source)
+def parse_config(
+    data: Mapping[str, Any], *, source: str = "<config>", base: str | None = None
+) -> AgentConfig:
+    """Validate a parsed YAML mapping; raises one ConfigError listing every problem.
+    `base` is the folder relative paths are taken from (the config file's)."""
+    r = _Reader(source, base)
     top = r.mapping(data, "", _TOP_KEYS)
     warnings: list[str] = []
 
@@ -422,7 +429,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> AgentC
     r.raise_if_errors()
     if config.allow_insecure_http and config.endpoint and config.endpoint.startswith("http://"):
         warnings.append(
-            f"{source}: allow_insecure_http is on: the token travels unencrypted to {config.endpoint}"
+            f"{source}: allow_insecure_http is on: the token travels unencrypted"
+            f" to {config.endpoint}"
         )
     return replace(config, warnings=tuple(warnings))
 
@@ -454,7 +462,7 @@ def _target(r: _Reader, value: Any, key: str) -> str | None:
         r.error(key, f"must be a local path or ssh://user@host[:port]/path, not {text!r}")
         return None
     if not text.startswith("/"):
-        text = os.path.abspath(text)
+        text = os.path.join(r.base, text) if r.base else os.path.abspath(text)
     return normalise_dir(text)
 
 
@@ -501,8 +509,10 @@ def _directories(r: _Reader, value: Any, key: str) -> tuple[DirectoryConfig, ...
         if path is None:
             continue
         if not path.startswith("/"):
-            r.error(item_key, f"must be an absolute path, not {path!r}")
-            continue
+            if r.base is None:
+                r.error(item_key, f"must be an absolute path, not {path!r}")
+                continue
+            path = os.path.join(r.base, path)
         path = normalise_dir(path)
         if len(path) > MAX_DIR_CHECK:
             r.error(item_key, f"is {len(path)} characters; SMS accepts at most {MAX_DIR_CHECK}")
@@ -531,8 +541,7 @@ def _auth(r: _Reader, value: Any) -> AuthConfig:
                 endpoint=r.string(fields["endpoint"], "auth.iam.endpoint") or "",
                 domain=r.string(fields["domain"], "auth.iam.domain") or "",
                 user=r.string(fields["user"], "auth.iam.user") or "",
-                password_file=r.path(fields["password_file"], "auth.iam.password_file")
-                or Path(),
+                password_file=r.path(fields["password_file"], "auth.iam.password_file") or Path(),
                 project=r.string(fields.get("project"), "auth.iam.project"),
             )
     token = r.string(raw.get("token"), "auth.token")
@@ -629,7 +638,11 @@ def _check_endpoint(r: _Reader, config: AgentConfig) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         r.error("endpoint", f"must be an https:// URL, not {config.endpoint!r}")
         return
-    if parts.scheme == "http" and not config.allow_insecure_http and not is_loopback(parts.hostname):
+    if (
+        parts.scheme == "http"
+        and not config.allow_insecure_http
+        and not is_loopback(parts.hostname)
+    ):
         r.error(
             "endpoint",
             f"{config.endpoint} is plain HTTP to another host, which would expose the token; "
@@ -712,6 +725,11 @@ def describe(config: AgentConfig) -> dict[str, Any]:
         },
         "cache": {"enabled": config.cache.enabled, "max_entries": config.cache.max_entries},
     }
+
+
+def render(config: AgentConfig) -> str:
+    """The effective configuration as YAML, secrets masked."""
+    return yaml.safe_dump(describe(config), sort_keys=False, allow_unicode=True).rstrip()
 
 
 def _format_window(window: tuple[int, int] | None) -> str | None:

@@ -14,7 +14,7 @@ MAX_TOKEN = 16384
 
 
 class Verdict(enum.Enum):
-    """What one path turned out to be; the value is its mark in a report (as `rclone check --combined`)."""
+    """What one path turned out to be; the value is its mark in a report (rclone --combined)."""
 
     IDENTICAL = "="
     DIFFERENT = "*"

@@ -1,0 +1,214 @@
+"""A connection to one helper process (local child or over SSH) and pools of them per side."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import TargetError
+
+log = logging.getLogger(__name__)
+
+HELPER_SOURCE = (Path(__file__).with_name("helper.py")).read_bytes()
+_HEADER = struct.Struct(">I")
+
+
+def bootstrap_command(python: str) -> list[str]:
+    """argv that starts a helper whose source arrives first on stdin, then the protocol."""
+    code = (
+        "import sys;"
+        f"exec(compile(sys.stdin.buffer.read({len(HELPER_SOURCE)}),'smsagent-helper','exec'))"
+    )
+    return [python, "-c", code]
+
+
+class Reply:
+    """One answer from a helper: `channel` is who answered, `message` is None when it died."""
+
+    __slots__ = ("channel", "message")
+
+    def __init__(self, channel: Channel, message: list[Any] | None):
+        self.channel = channel
+        self.message = message
+
+
+class Channel:
+    """A helper process spoken to with length-prefixed JSON frames."""
+
+    def __init__(self, argv: Sequence[str], label: str, replies: queue.Queue[Reply]):
+        self.label = label
+        self.replies = replies
+        self.outstanding = 0
+        self.alive = True
+        self._next_id = 0
+        self._stderr_tail = b""
+        try:
+            self.process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the agent only
+            )
+        except OSError as exc:
+            raise TargetError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
+        assert self.process.stdin and self.process.stdout and self.process.stderr
+        self._stdin = self.process.stdin
+        self._stdout = self.process.stdout
+        threading.Thread(target=self._drain_stderr, name=f"{label}-stderr", daemon=True).start()
+        self._write_raw(HELPER_SOURCE)
+        threading.Thread(target=self._read_loop, name=f"{label}-reader", daemon=True).start()
+
+    def send(self, op: str, *args: Any) -> int:
+        """Queue one request; its reply arrives on `replies` with the returned id."""
+        self._next_id += 1
+        ident = self._next_id
+        payload = json.dumps([op, ident, *args], separators=(",", ":")).encode()
+        self._write_raw(_HEADER.pack(len(payload)) + payload)
+        self.outstanding += 1
+        return ident
+
+    def _write_raw(self, data: bytes) -> None:
+        try:
+            self._stdin.write(data)
+            self._stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.alive = False
+
+    def _read_loop(self) -> None:
+        stream = self._stdout
+        while True:
+            header = stream.read(4)
+            if len(header) < 4:
+                break
+            (size,) = _HEADER.unpack(header)
+            payload = stream.read(size)
+            if len(payload) < size:
+                break
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                break
+            self.replies.put(Reply(self, message))
+        self.alive = False
+        self.replies.put(Reply(self, None))
+
+    def _drain_stderr(self) -> None:
+        for line in self.process.stderr or ():
+            self._stderr_tail = (self._stderr_tail + line)[-4096:]
+
+    def failure(self) -> str:
+        """Why the helper stopped answering, from its exit status and last stderr lines."""
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        text = self._stderr_tail.decode("utf-8", "replace").strip()
+        last = text.splitlines()[-1] if text else ""
+        if last:
+            return last
+        return f"helper exited with status {code}" if code is not None else "connection lost"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Pool:
+    """The helpers that serve one side of a comparison; requests go to the least busy."""
+
+    def __init__(self, channels: list[Channel], *, scope: str, hello: dict[str, Any]):
+        self.channels = channels
+        self.scope = scope  # names this side's files in the hash cache
+        self.hello = hello
+        self.algorithm: str = hello["algorithm"]
+        self.via: str = hello.get("via", "")
+
+    def pick(self) -> Channel:
+        return min((c for c in self.channels if c.alive), key=lambda c: c.outstanding)
+
+    @property
+    def alive(self) -> bool:
+        return any(c.alive for c in self.channels)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+def call(channel: Channel, op: str, *args: Any, timeout: float) -> Any:
+    """A request answered before the pipeline starts (hello, root stat)."""
+    ident = channel.send(op, *args)
+    while True:
+        try:
+            reply = channel.replies.get(timeout=timeout)
+        except queue.Empty:
+            channel.process.kill()
+            raise TargetError(f"{channel.label}: no answer within {timeout:g}s") from None
+        if reply.message is None:
+            raise TargetError(f"{channel.label}: {channel.failure()}")
+        channel.outstanding -= 1
+        status, reply_id = reply.message[0], reply.message[1]
+        if reply_id != ident:
+            continue
+        if status != "ok":
+            raise TargetError(f"{channel.label}: {reply.message[2]}")
+        return reply.message[2]
+
+
+def start_pool(
+    argv: Sequence[str],
+    *,
+    label: str,
+    scope: str,
+    workers: int,
+    algorithms: Sequence[str],
+    read_limit: int,
+    timeout: float,
+) -> Pool:
+    """Start `workers` helpers with the same command and agree on a hash algorithm."""
+    channels: list[Channel] = []
+    hello: dict[str, Any] = {}
+    try:
+        for index in range(max(1, workers)):
+            channel = Channel(argv, label, queue.Queue())
+            channels.append(channel)
+            hello = call(
+                channel,
+                "hello",
+                {"algorithms": list(algorithms), "read_limit": read_limit},
+                timeout=timeout,
+            )
+            if hello.get("algorithm") is None:
+                raise TargetError(f"{label}: cannot compute any of {', '.join(algorithms)} there")
+            if index == 0:
+                algorithms = [hello["algorithm"]]
+    except BaseException:
+        for channel in channels:
+            channel.close()
+        raise
+    return Pool(channels, scope=scope, hello=hello)
+
+
+def local_command() -> list[str]:
+    return bootstrap_command(sys.executable)
+
+
+def default_workers() -> int:
+    """Helpers per side: half the CPUs (the other side gets the other half), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))

@@ -1,0 +1,131 @@
+"""Pure comparison rules: merge two sorted directory listings into verdicts and further work.
+
+An entry is a list as the helper sends it: [name, kind, size, mtime_ns, ctime_ns, ino, dev,
+link]. Kinds: "f" file, "l" symlink, "d" directory, "s" socket/FIFO/device, "p" a directory
+not to enter (pseudo filesystem, other filesystem, excluded), "e" cannot be examined (the last
+field holds why), "gone" vanished while being listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .model import Verdict
+
+Entry = list[Any]
+NAME, KIND, SIZE, MTIME, CTIME, INO, DEV, LINK = range(8)
+COMPARED = ("f", "l")  # the kinds that are counted
+
+
+@dataclass(slots=True)
+class Merged:
+    """What one directory's two listings decide, and what they leave to do."""
+
+    verdicts: list[tuple[Verdict, str, str | None]] = field(default_factory=list)
+    subdirs: list[tuple[str, bool, bool]] = field(default_factory=list)  # name, on src, on tgt
+    to_hash: list[tuple[Entry, Entry]] = field(default_factory=list)  # same-size file pairs
+    specials: int = 0  # sockets, FIFOs and devices on the source, never compared
+
+
+def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None = None) -> Merged:
+    """Walk both sorted listings at once; `target_unreadable` marks a target that could not
+    be listed here, so source files are errors, not missing."""
+    out = Merged()
+    i = j = 0
+    ns, nt = len(src), len(tgt)
+    while i < ns or j < nt:
+        if j >= nt or (i < ns and src[i][NAME] < tgt[j][NAME]):
+            _source_only(out, src[i], target_unreadable)
+            i += 1
+        elif i >= ns or tgt[j][NAME] < src[i][NAME]:
+            _target_only(out, tgt[j])
+            j += 1
+        else:
+            _both(out, src[i], tgt[j])
+            i += 1
+            j += 1
+    return out
+
+
+def _source_only(out: Merged, s: Entry, target_unreadable: str | None) -> None:
+    kind = s[KIND]
+    if kind in COMPARED:
+        if target_unreadable:
+            out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {target_unreadable}"))
+        else:
+            out.verdicts.append((Verdict.MISSING, s[NAME], None))
+    elif kind == "d":
+        out.subdirs.append((s[NAME], True, False))
+    elif kind == "e":
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[LINK]}"))
+    elif kind == "s":
+        out.specials += 1
+
+
+def _target_only(out: Merged, t: Entry) -> None:
+    kind = t[KIND]
+    if kind in COMPARED:
+        out.verdicts.append((Verdict.MORE, t[NAME], None))
+    elif kind == "d":
+        out.subdirs.append((t[NAME], False, True))
+    elif kind == "e":
+        # Something is there that could not be examined: never call that consistent.
+        out.verdicts.append((Verdict.MORE, t[NAME], f"target: {t[LINK]}"))
+
+
+def _both(out: Merged, s: Entry, t: Entry) -> None:
+    skind, tkind = s[KIND], t[KIND]
+    if skind == "gone":
+        _target_only(out, t)
+        return
+    if tkind == "gone":
+        _source_only(out, s, None)
+        return
+    if skind == "p" or tkind == "p":
+        return  # not entered on one side, so not on the other either
+    if skind == "d":
+        if tkind == "d":
+            out.subdirs.append((s[NAME], True, True))
+            return
+        out.subdirs.append((s[NAME], True, False))
+        if tkind in COMPARED or tkind == "e":
+            _target_only(out, t)  # no file at this path on the source
+        return
+    if skind == "s":
+        out.specials += 1
+        if tkind == "d":
+            out.subdirs.append((t[NAME], False, True))
+        elif tkind in COMPARED or tkind == "e":
+            _target_only(out, t)
+        return
+    if skind == "e":
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[LINK]}"))
+        if tkind == "d":
+            out.subdirs.append((t[NAME], False, True))
+        return
+    # The source holds a file or symlink here.
+    if tkind == "e":
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {t[LINK]}"))
+    elif tkind != skind:
+        out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
+        if tkind == "d":
+            out.subdirs.append((t[NAME], False, True))
+    elif skind == "l":
+        same = s[LINK] == t[LINK]
+        out.verdicts.append((Verdict.IDENTICAL if same else Verdict.DIFFERENT, s[NAME], None))
+    elif s[SIZE] != t[SIZE]:
+        out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
+    else:
+        out.to_hash.append((s, t))
+
+
+def judge_digests(
+    src_digest: str | None, src_error: str | None, tgt_digest: str | None, tgt_error: str | None
+) -> tuple[Verdict, str | None]:
+    """The verdict for a same-size file pair once both sides were hashed (or failed)."""
+    if src_error:
+        return Verdict.ERROR, f"source: {src_error}"
+    if tgt_error:
+        return Verdict.ERROR, f"target: {tgt_error}"
+    return (Verdict.IDENTICAL if src_digest == tgt_digest else Verdict.DIFFERENT), None

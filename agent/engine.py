@@ -1,0 +1,414 @@
+"""Compare one directory tree on the source with its target through two pools of helpers.
+
+The engine drives the walk: it asks both sides for one directory's sorted listing, merges
+them (compare.merge), asks for digests only of same-size file pairs whose digests the cache
+does not already know, and keeps several directories in flight so that both sides' helpers
+stay busy. It holds only the directories in flight, never the whole tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from queue import Empty, Queue
+from typing import Any
+
+from .cache import HashCache, Key
+from .channel import Channel, Pool, Reply, call
+from .compare import CTIME, DEV, INO, KIND, MTIME, NAME, SIZE, Entry, judge_digests, merge
+from .errors import AgentError, TargetError
+from .excludes import ExcludeRules
+from .model import DirCounts, DirResult, Verdict
+from .report import escape
+
+log = logging.getLogger(__name__)
+
+ReportSink = Callable[[str, Verdict, bytes, "str | None"], None]
+ProgressSink = Callable[[int, int], None]  # files settled, bytes hashed (run totals so far)
+
+MAX_OPEN_DIRS = 64  # directories listed but not yet settled
+LIST_AHEAD = 3  # listing requests in flight per helper
+HASH_CHUNK_FILES = 256
+HASH_CHUNK_BYTES = 16 << 20  # so several workers share the files of one large directory
+MAX_ERROR_SAMPLES = 50
+REPLY_TIMEOUT = 300.0  # a helper silent this long is taken as hung
+
+
+class Interrupted(AgentError):
+    """The run was asked to stop (SIGTERM, Ctrl-C)."""
+
+
+@dataclass(slots=True)
+class _Tally:
+    total: int = 0
+    identical: int = 0
+    different: int = 0
+    missing: int = 0
+    more: int = 0
+    errors: int = 0
+    specials: int = 0
+    bytes_hashed: int = 0
+    files_hashed: int = 0
+    cache_hits: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, verdict: Verdict) -> None:
+        if verdict is Verdict.IDENTICAL:
+            self.identical += 1
+            self.total += 1
+        elif verdict is Verdict.MISSING:
+            self.missing += 1
+            self.total += 1
+        elif verdict is Verdict.MORE:
+            self.more += 1
+        else:
+            self.different += 1
+            self.total += 1
+            if verdict is Verdict.ERROR:
+                self.errors += 1
+
+    def freeze(self) -> DirCounts:
+        return DirCounts(
+            total=self.total,
+            identical=self.identical,
+            different=self.different,
+            missing=self.missing,
+            more=self.more,
+            errors=self.errors,
+            skipped_special=self.specials,
+            bytes_hashed=self.bytes_hashed,
+            files_hashed=self.files_hashed,
+            cache_hits=self.cache_hits,
+        )
+
+
+@dataclass(slots=True)
+class _Task:
+    """One relative directory being compared."""
+
+    rel: bytes
+    on_src: bool
+    on_tgt: bool
+    target_unreadable: str | None = None
+    src: list[Entry] | None = None
+    tgt: list[Entry] | None = None
+    waiting: int = 0
+    pairs: list[tuple[Entry, Entry]] = field(default_factory=list)
+    src_digests: list[Any] = field(default_factory=list)  # per pair: (digest, error)
+    tgt_digests: list[Any] = field(default_factory=list)
+
+
+class Engine:
+    """Compares trees through a source pool and a target pool; one instance serves a run."""
+
+    def __init__(
+        self,
+        source: Pool,
+        target: Pool,
+        *,
+        cache: HashCache | None = None,
+        report: ReportSink | None = None,
+        progress: ProgressSink | None = None,
+        stop: threading.Event | None = None,
+        one_file_system: bool = False,
+    ):
+        self.source = source
+        self.target = target
+        self.cache = cache
+        self.report = report
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.one_file_system = one_file_system
+        self.replies: Queue[Reply] = Queue()
+        self.files_done = 0
+        self.bytes_done = 0
+        for channel in source.channels + target.channels:
+            channel.replies = self.replies
+
+    # --- one directory ----------------------------------------------------------------
+
+    def compare(
+        self, dir_check: str, src_root: bytes, tgt_root: bytes, rules: ExcludeRules
+    ) -> DirResult:
+        """Verify one directory; a problem with the tree as a whole is the result's `error`."""
+        started = time.monotonic()
+        tally = _Tally()
+        try:
+            self._run(dir_check, src_root, tgt_root, rules, tally)
+            error = None
+        except AgentError as exc:
+            error = str(exc)
+        if self.cache is not None:
+            self.cache.commit()
+        return DirResult(
+            dir_check=dir_check,
+            target=tgt_root.decode("utf-8", "surrogateescape"),
+            counts=tally.freeze(),
+            elapsed=time.monotonic() - started,
+            hash_algorithm=self.source.algorithm,
+            error=error,
+            notes=tuple(tally.samples),
+        )
+
+    def _run(
+        self, dir_check: str, src_root: bytes, tgt_root: bytes, rules: ExcludeRules, tally: _Tally
+    ) -> None:
+        src_kind, src_dev, src_why = self._stat_root(self.source, src_root)
+        if src_kind != "d":
+            why = {
+                "missing": "does not exist",
+                "notdir": "is not a directory",
+                "p": "is a pseudo filesystem, which is never verified",
+            }.get(src_kind, src_why)
+            raise TargetError(f"source {dir_check}: {why}")
+        tgt_kind, tgt_dev, tgt_why = self._stat_root(self.target, tgt_root)
+        unreadable = tgt_why if tgt_kind == "e" else None
+        run = _Run(self, dir_check, src_root, tgt_root, rules, tally, src_dev, tgt_dev)
+        run.stack.append(_Task(b"", True, tgt_kind == "d", unreadable))
+        run.loop()
+
+    def _stat_root(self, pool: Pool, root: bytes) -> tuple[str, int, str]:
+        kind, dev, why = call(pool.pick(), "stat", root.decode("latin-1"), timeout=REPLY_TIMEOUT)
+        return kind, dev, why
+
+
+class _Run:
+    """The state of one directory's comparison: the work stack and requests in flight."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dir_check: str,
+        src_root: bytes,
+        tgt_root: bytes,
+        rules: ExcludeRules,
+        tally: _Tally,
+        src_dev: int,
+        tgt_dev: int,
+    ):
+        self.e = engine
+        self.dir_check = dir_check
+        self.roots = {"src": src_root.rstrip(b"/"), "tgt": tgt_root.rstrip(b"/")}
+        self.devs = {"src": src_dev, "tgt": tgt_dev}
+        self.rules = rules
+        self.tally = tally
+        self.stack: list[_Task] = []
+        self.open = 0
+        self.inflight: dict[tuple[Channel, int], tuple[_Task, str, str, list[int]]] = {}
+
+    def loop(self) -> None:
+        e = self.e
+        while self.stack or self.inflight:
+            if e.stop.is_set():
+                self._abandon()
+                raise Interrupted("interrupted before the directory was fully verified")
+            while self.stack and self.open < MAX_OPEN_DIRS and self._room_to_list():
+                self._start(self.stack.pop())
+            if not self.inflight:
+                continue
+            try:
+                reply = e.replies.get(timeout=min(REPLY_TIMEOUT, 0.5))
+            except Empty:
+                continue
+            self._handle(reply)
+
+    def _room_to_list(self) -> bool:
+        return min(c.outstanding for c in self.e.source.channels) < LIST_AHEAD
+
+    def _abandon(self) -> None:
+        # Replies still on their way belong to no directory any more; drop them as they come.
+        for channel, _ in self.inflight:
+            channel.outstanding = 0
+        self.inflight.clear()
+
+    def _path(self, side: str, rel: bytes) -> str:
+        root = self.roots[side]
+        return (root + b"/" + rel if rel else root or b"/").decode("latin-1")
+
+    def _start(self, task: _Task) -> None:
+        self.open += 1
+        if task.on_src:
+            self._send(task, "src", "list", [], self._path("src", task.rel))
+        else:
+            task.src = []
+        if task.on_tgt and not task.target_unreadable:
+            self._send(task, "tgt", "list", [], self._path("tgt", task.rel))
+        else:
+            task.tgt = []
+        if task.waiting == 0:
+            self._merge(task)
+
+    def _send(self, task: _Task, side: str, op: str, indexes: list[int], *args: Any) -> None:
+        pool = self.e.source if side == "src" else self.e.target
+        if not pool.alive:
+            raise TargetError(f"{pool.channels[0].label}: connection lost")
+        channel = pool.pick()
+        ident = channel.send(op, *args)
+        self.inflight[(channel, ident)] = (task, side, op, indexes)
+        task.waiting += 1
+
+    def _handle(self, reply: Reply) -> None:
+        channel, message = reply.channel, reply.message
+        if message is None:
+            if any(ch is channel for ch, _ in self.inflight):
+                raise TargetError(f"{channel.label}: {channel.failure()}")
+            return
+        channel.outstanding -= 1
+        key = (channel, message[1])
+        if key not in self.inflight:
+            return  # a reply for an abandoned directory
+        task, side, op, indexes = self.inflight.pop(key)
+        task.waiting -= 1
+        if op == "list":
+            self._listed(task, side, message)
+        else:
+            self._hashed(task, side, message, indexes)
+        if task.waiting == 0:
+            if op == "list":
+                self._merge(task)
+            else:
+                self._settle(task)
+
+    # --- listings -----------------------------------------------------------------------
+
+    def _listed(self, task: _Task, side: str, message: list[Any]) -> None:
+        if message[0] != "ok":
+            reason = f"cannot list: {message[2]}"
+            if side == "src":
+                # What is inside cannot be counted; say so instead of calling it consistent.
+                self._verdict(Verdict.ERROR, task.rel, f"source: {reason}")
+                task.src = []
+            else:
+                task.target_unreadable = reason
+                task.tgt = []
+            return
+        entries = self._filter(task.rel, message[2], self.devs[side])
+        if side == "src":
+            task.src = entries
+        else:
+            task.tgt = entries
+
+    def _filter(self, rel: bytes, entries: list[Entry], root_dev: int) -> list[Entry]:
+        rules, one_fs = self.rules, self.e.one_file_system
+        if not rules and not one_fs:
+            return entries
+        kept = []
+        prefix = rel + b"/" if rel else b""
+        for entry in entries:
+            is_dir = entry[KIND] == "d"
+            if rules and rules.excluded(prefix + entry[NAME].encode("latin-1"), is_dir):
+                continue
+            if is_dir and one_fs and entry[DEV] != root_dev:
+                entry[KIND] = "p"
+            kept.append(entry)
+        return kept
+
+    def _merge(self, task: _Task) -> None:
+        assert task.src is not None and task.tgt is not None
+        merged = merge(task.src, task.tgt, target_unreadable=task.target_unreadable)
+        self.tally.specials += merged.specials
+        prefix = task.rel + b"/" if task.rel else b""
+        for verdict, name, reason in merged.verdicts:
+            self._verdict(verdict, prefix + name.encode("latin-1"), reason)
+        inherited = task.target_unreadable
+        for name, on_src, on_tgt in merged.subdirs:
+            child = _Task(prefix + name.encode("latin-1"), on_src, on_tgt)
+            if on_src and not on_tgt and inherited:
+                child.target_unreadable = inherited
+            self.stack.append(child)
+        task.src = task.tgt = None  # the listings are no longer needed
+        if merged.to_hash:
+            self._request_digests(task, merged.to_hash)
+        if task.waiting == 0:
+            self._settle(task)
+
+    # --- digests ------------------------------------------------------------------------
+
+    def _request_digests(self, task: _Task, pairs: list[tuple[Entry, Entry]]) -> None:
+        task.pairs = pairs
+        src_known = self._cached(self.e.source, [s for s, _ in pairs])
+        tgt_known = self._cached(self.e.target, [t for _, t in pairs])
+        task.src_digests = [(d, None) for d in src_known]
+        task.tgt_digests = [(d, None) for d in tgt_known]
+        for side, known in (("src", src_known), ("tgt", tgt_known)):
+            wanted = [i for i, digest in enumerate(known) if digest is None]
+            self._send_hash_chunks(task, side, wanted)
+
+    def _cached(self, pool: Pool, entries: list[Entry]) -> list[str | None]:
+        cache = self.e.cache
+        if cache is None:
+            return [None] * len(entries)
+        keys: list[Key] = [(e[DEV], e[INO], e[SIZE], e[MTIME], e[CTIME]) for e in entries]
+        found = cache.lookup(pool.scope, pool.algorithm, keys)
+        self.tally.cache_hits += sum(1 for d in found if d is not None)
+        return found
+
+    def _send_hash_chunks(self, task: _Task, side: str, wanted: list[int]) -> None:
+        column = 0 if side == "src" else 1
+        path = self._path(side, task.rel)
+        chunk: list[int] = []
+        size = 0
+        for index in wanted:
+            entry = task.pairs[index][column]
+            chunk.append(index)
+            size += entry[SIZE]
+            if len(chunk) >= HASH_CHUNK_FILES or size >= HASH_CHUNK_BYTES:
+                self._send_hash(task, side, path, chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._send_hash(task, side, path, chunk)
+
+    def _send_hash(self, task: _Task, side: str, path: str, indexes: list[int]) -> None:
+        column = 0 if side == "src" else 1
+        files = []
+        for i in indexes:
+            entry = task.pairs[i][column]
+            files.append([entry[NAME], entry[SIZE], entry[MTIME]])
+        self._send(task, side, "hash", indexes, path, files)
+
+    def _hashed(self, task: _Task, side: str, message: list[Any], indexes: list[int]) -> None:
+        column = 0 if side == "src" else 1
+        digests = task.src_digests if side == "src" else task.tgt_digests
+        if message[0] != "ok":
+            for i in indexes:
+                digests[i] = (None, str(message[2]))
+            return
+        results, nbytes = message[2], message[3]
+        pool = self.e.source if side == "src" else self.e.target
+        to_cache: list[tuple[Key, str]] = []
+        for i, (digest, error, cacheable, ino, size, mtime, ctime) in zip(
+            indexes, results, strict=True
+        ):
+            digests[i] = (digest, error)
+            if cacheable and digest is not None:
+                to_cache.append(((task.pairs[i][column][DEV], ino, size, mtime, ctime), digest))
+        self.tally.bytes_hashed += nbytes
+        self.tally.files_hashed += len(indexes)
+        self.e.bytes_done += nbytes
+        if to_cache and self.e.cache is not None:
+            self.e.cache.store(pool.scope, pool.algorithm, to_cache)
+
+    def _settle(self, task: _Task) -> None:
+        prefix = task.rel + b"/" if task.rel else b""
+        for (s, _), (sd, se), (td, te) in zip(
+            task.pairs, task.src_digests, task.tgt_digests, strict=True
+        ):
+            verdict, reason = judge_digests(sd, se, td, te)
+            self._verdict(verdict, prefix + s[NAME].encode("latin-1"), reason)
+        task.pairs, task.src_digests, task.tgt_digests = [], [], []
+        self.open -= 1
+        if self.e.progress is not None:
+            self.e.progress(self.e.files_done, self.e.bytes_done)
+
+    def _verdict(self, verdict: Verdict, rel: bytes, reason: str | None) -> None:
+        self.tally.add(verdict)
+        if reason and verdict is Verdict.MORE:
+            self.tally.errors += 1
+        if reason and len(self.tally.samples) < MAX_ERROR_SAMPLES:
+            self.tally.samples.append(f"{escape(rel)}: {reason}")
+        self.e.files_done += 1
+        if self.e.report is not None:
+            self.e.report(self.dir_check, verdict, rel, reason)

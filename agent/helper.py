@@ -1,0 +1,377 @@
+"""The worker that lists and hashes one side of a comparison, next to the data.
+
+It runs as a child process of the agent for a local tree, and on the target host for an
+`ssh://` target, where its source is sent over the SSH session's stdin. So it needs only the
+Python standard library (xxhash is used when importable), keeps to syntax Python 3.6 reads,
+and must not import anything from the `agent` package.
+
+Protocol: frames of a 4-byte big-endian length and a JSON array, both ways. File names are
+bytes on Linux; they travel as latin-1 strings, which map each byte to one code point and
+back, so every name survives and sorts in byte order.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+PROTOCOL = 1
+SMALL_FILE = 1 << 20  # read in one call up to this size
+CHUNK = 1 << 20  # streaming buffer for larger files
+RACY_SECONDS = 2.0  # a file modified this recently may still change: its digest is not cached
+PSEUDO_FS = {
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
+    "tracefs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs",
+    "binfmt_misc", "efivarfs", "selinuxfs", "rpc_pipefs", "nsfs",
+}  # fmt: skip
+_HEADER = struct.Struct(">I")
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_frame(stream):
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return json.loads(payload.decode("utf-8"))
+
+
+def write_frame(stream, message):
+    payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def to_wire(name):
+    return name.decode("latin-1")
+
+
+def from_wire(text):
+    return text.encode("latin-1")
+
+
+def pseudo_mounts():
+    """Mount points of pseudo filesystems (proc, sysfs, ...), which are never walked."""
+    found = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as info:
+            for line in info:
+                fields = line.split()
+                try:
+                    sep = fields.index(b"-")
+                except ValueError:
+                    continue
+                fstype = fields[sep + 1].decode("latin-1")
+                if fstype in PSEUDO_FS:
+                    found.add(_unescape_mount(fields[4]))
+    except OSError:
+        pass
+    return found
+
+
+def _unescape_mount(raw):
+    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes.
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+class Hasher:
+    """Hashes files with the negotiated algorithm, honouring a read-rate limit."""
+
+    def __init__(self, algorithm, read_limit):
+        self.algorithm = algorithm
+        self.read_limit = read_limit  # bytes per second, 0 for none
+        self.buffer = bytearray(CHUNK)
+        self.view = memoryview(self.buffer)
+        self._bucket_start = time.monotonic()
+        self._bucket_bytes = 0
+        self.via = "none"
+        self.oneshot = None
+        self.factory = None
+        if algorithm == "xxh3-128":
+            try:
+                import xxhash
+
+                self.oneshot = xxhash.xxh3_128_hexdigest
+                self.factory = xxhash.xxh3_128
+                self.via = "python-xxhash"
+            except ImportError:
+                self.via = "xxh128sum"
+        elif algorithm == "blake2b":
+            self.factory = lambda: hashlib.blake2b(digest_size=16)
+            self.oneshot = lambda data: hashlib.blake2b(data, digest_size=16).hexdigest()
+            self.via = "hashlib"
+
+    def throttle(self, nbytes):
+        if not self.read_limit:
+            return
+        self._bucket_bytes += nbytes
+        elapsed = time.monotonic() - self._bucket_start
+        ahead = self._bucket_bytes / float(self.read_limit) - elapsed
+        if ahead > 0:
+            time.sleep(ahead)
+        if elapsed > 5:
+            self._bucket_start = time.monotonic()
+            self._bucket_bytes = 0
+
+    def digest_fd(self, fd, size):
+        """Digest of an open file; returns (hexdigest, bytes read)."""
+        if self.via == "xxh128sum":
+            return self._digest_with_program(fd)
+        if size <= SMALL_FILE:
+            data = os.read(fd, size + 1)
+            total = len(data)
+            if total > size:  # it grew since fstat: read the rest the slow way
+                hasher = self.factory()
+                hasher.update(data)
+                total += self._stream(fd, hasher)
+                return hasher.hexdigest(), total
+            self.throttle(total)
+            return self.oneshot(data), total
+        hasher = self.factory()
+        total = self._stream(fd, hasher)
+        return hasher.hexdigest(), total
+
+    def _stream(self, fd, hasher):
+        total = 0
+        view = self.view
+        readinto = getattr(os, "readv", None)
+        while True:
+            if readinto is not None:
+                n = os.readv(fd, [self.buffer])
+            else:
+                chunk = os.read(fd, CHUNK)
+                n = len(chunk)
+                self.buffer[:n] = chunk
+            if n <= 0:
+                return total
+            hasher.update(view[:n])
+            total += n
+            self.throttle(n)
+
+    def _digest_with_program(self, fd):
+        # No xxhash module on this host: let the xxh128sum program read the open file.
+        done = subprocess.run(
+            ["xxh128sum", "-"], stdin=fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        if done.returncode != 0:
+            raise OSError(errno.EIO, done.stderr.decode("utf-8", "replace").strip())
+        digest = done.stdout.split()[0].decode("ascii").lstrip("\\")
+        size = os.fstat(fd).st_size
+        self.throttle(size)
+        return digest, size
+
+
+def negotiate(offered):
+    """The first algorithm of the agent's list that this host can compute."""
+    for name in offered:
+        if name == "xxh3-128":
+            try:
+                import xxhash  # noqa: F401
+
+                return name, "python-xxhash"
+            except ImportError:
+                pass
+            if _has_program("xxh128sum"):
+                return name, "xxh128sum"
+        elif name == "blake2b":
+            return name, "hashlib"
+    return None, "none"
+
+
+def _has_program(name):
+    for folder in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
+        if os.access(os.path.join(folder, name), os.X_OK):
+            return True
+    return False
+
+
+class Worker:
+    def __init__(self):
+        self.hasher = None
+        self.pseudo = set()
+
+    def hello(self, options):
+        algorithm, via = negotiate(options.get("algorithms", ["xxh3-128"]))
+        if algorithm is not None:
+            self.hasher = Hasher(algorithm, int(options.get("read_limit", 0)))
+        self.pseudo = pseudo_mounts()
+        return {
+            "protocol": PROTOCOL,
+            "algorithm": algorithm,
+            "via": via,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "now": time.time(),
+        }
+
+    def stat_root(self, path):
+        """What is at a tree's root: [kind, dev, error]."""
+        try:
+            st = os.stat(from_wire(path))
+        except OSError as exc:
+            return ["missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "e",
+                    0, os.strerror(exc.errno or 0)]  # fmt: skip
+        if not stat.S_ISDIR(st.st_mode):
+            return ["notdir", st.st_dev, ""]
+        if from_wire(path) in self.pseudo:
+            return ["p", st.st_dev, ""]
+        return ["d", st.st_dev, ""]
+
+    def list_dir(self, path):
+        """Entries of one directory sorted by name:
+        [name, kind, size, mtime, ctime, ino, dev, link]."""
+        folder = from_wire(path)
+        entries = []
+        with os.scandir(folder) as it:
+            for entry in it:
+                entries.append(self._describe(folder, entry))
+        entries.sort(key=lambda item: item[0])
+        return entries
+
+    def _describe(self, folder, entry):
+        name = entry.name
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
+            return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
+        mode = st.st_mode
+        link = None
+        if stat.S_ISREG(mode):
+            kind = "f"
+        elif stat.S_ISDIR(mode):
+            kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
+        elif stat.S_ISLNK(mode):
+            kind = "l"
+            try:
+                link = to_wire(os.readlink(os.path.join(folder, name)))
+            except OSError as exc:
+                kind, link = "e", "cannot read link: " + os.strerror(exc.errno or 0)
+        else:
+            kind = "s"
+        return [to_wire(name), kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                st.st_dev, link]  # fmt: skip
+
+    def hash_files(self, path, files):
+        """Digest each [name, size, mtime] of one directory: [digest, error, cacheable, ino,
+        size, mtime, ctime] per file, and the bytes read."""
+        if self.hasher is None:
+            raise OSError(errno.ENOTSUP, "no hash algorithm was agreed")
+        folder = from_wire(path)
+        results = []
+        total = 0
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            reason = "cannot open directory: " + os.strerror(exc.errno or 0)
+            return [[None, reason, False, 0, 0, 0, 0] for _ in files], 0
+        try:
+            for name, size, mtime in files:
+                result, nbytes = self._hash_one(dir_fd, from_wire(name), size, mtime)
+                results.append(result)
+                total += nbytes
+        finally:
+            os.close(dir_fd)
+        return results, total
+
+    def _hash_one(self, dir_fd, name, size, mtime):
+        try:
+            fd = _open_at(dir_fd, name)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return [None, "vanished before it was read", False, 0, 0, 0, 0], 0
+            if exc.errno == errno.ELOOP:
+                return [None, "became a symbolic link", False, 0, 0, 0, 0], 0
+            return [None, "cannot open: " + os.strerror(exc.errno or 0), False, 0, 0, 0, 0], 0
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return [None, "is no longer a regular file", False, 0, 0, 0, 0], 0
+            digest, nbytes = self.hasher.digest_fd(fd, before.st_size)
+            after = os.fstat(fd)
+        except OSError as exc:
+            return [None, "read error: " + os.strerror(exc.errno or 0), False, 0, 0, 0, 0], 0
+        finally:
+            os.close(fd)
+        changed = (
+            after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+            or nbytes != after.st_size
+        )
+        if changed:
+            return [None, "changed while being read", False, 0, 0, 0, 0], nbytes
+        if before.st_size != size or before.st_mtime_ns != mtime:
+            return [None, "changed during verification", False, 0, 0, 0, 0], nbytes
+        newest = max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
+        cacheable = time.time() - newest > RACY_SECONDS
+        return [digest, None, cacheable, after.st_ino, after.st_size, after.st_mtime_ns,
+                after.st_ctime_ns], nbytes  # fmt: skip
+
+    def handle(self, message):
+        op, ident = message[0], message[1]
+        try:
+            if op == "hello":
+                return ["ok", ident, self.hello(message[2])]
+            if op == "stat":
+                return ["ok", ident, self.stat_root(message[2])]
+            if op == "list":
+                return ["ok", ident, self.list_dir(message[2])]
+            if op == "hash":
+                results, total = self.hash_files(message[2], message[3])
+                return ["ok", ident, results, total]
+            return ["err", ident, "unknown request %r" % (op,)]
+        except OSError as exc:
+            return ["err", ident, os.strerror(exc.errno) if exc.errno else str(exc)]
+
+
+def _open_at(dir_fd, name):
+    flags = _OPEN_FLAGS | _NOATIME
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        # O_NOATIME needs ownership of the file; without it, open normally.
+        return os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+
+
+def serve(stdin, stdout):
+    worker = Worker()
+    while True:
+        message = read_frame(stdin)
+        if message is None:
+            return
+        write_frame(stdout, worker.handle(message))
+
+
+def main():
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    # Nothing else may write to the protocol stream.
+    sys.stdout = sys.stderr
+    try:
+        serve(stdin, stdout)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""How paths and results are shown: one escaping rule for reports, logs and JSON."""
+
+from __future__ import annotations
+
+import os
+from typing import IO
+
+from .model import Verdict
+
+_NAMED = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x5C: "\\\\"}
+
+
+def escape(name: bytes | str) -> str:
+    """A file name as text: valid UTF-8 stays readable, control characters and invalid bytes
+    become backslash escapes (`\\n`, `\\xff`), and a backslash is doubled, so the text is
+    unambiguous and fits on one line."""
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    text = name.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code in _NAMED:
+            out.append(_NAMED[code])
+        elif not ch.isprintable():
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def join_display(dir_check: str, rel: bytes) -> str:
+    """The source-side path of an entry, escaped: `/var` + `log/x` -> `/var/log/x`."""
+    base = dir_check.rstrip("/")
+    return f"{base}/{escape(rel)}" if rel else (base or "/")
+
+
+class ReportWriter:
+    """Writes one line per compared path in the style of `rclone check --combined`:
+    `= ` identical, `* ` different, `+ ` missing at the target, `- ` more at the target,
+    `! ` could not be verified (followed by a tab and the reason)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.lines = 0
+
+    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
+        line = f"{verdict.value} {join_display(dir_check, rel)}"
+        if verdict is Verdict.ERROR and reason:
+            line += f"\t{reason}"
+        self.stream.write(line + "\n")
+        self.lines += 1

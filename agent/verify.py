@@ -1,0 +1,185 @@
+"""Verify configured directories: open each machine's helpers once, compare every directory,
+and never let one directory's failure stop the others."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+from .cache import HashCache
+from .channel import Pool, default_workers
+from .config import AgentConfig, DirectoryConfig
+from .engine import Engine, ReportSink
+from .errors import AgentError, ConfigError, StateError
+from .excludes import ExcludeRules
+from .model import DirCounts, DirResult
+from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[str, int, int], None]  # dir_check, files settled, bytes hashed
+
+
+def check_targets(config: AgentConfig, directories: Sequence[DirectoryConfig]) -> None:
+    if not directories:
+        raise ConfigError(
+            "no directories to verify: give --dir or list them under `directories:`",
+            source=config.source,
+        )
+    lacking = [d.path for d in directories if config.target_for(d) is None]
+    if lacking:
+        raise ConfigError(
+            f"no target for {', '.join(lacking)}: give --target or set `target:`",
+            source=config.source,
+        )
+
+
+def state_dir_rule(state_dir: Path, directory: str) -> str | None:
+    """An anchored exclude for the agent's own state when it lies inside `directory`."""
+    state = os.path.realpath(state_dir)
+    base = os.path.realpath(directory)
+    if state == base:
+        return None
+    if not state.startswith(base.rstrip("/") + "/"):
+        return None
+    rel = state[len(base.rstrip("/")) + 1 :]
+    return "/" + glob.escape(rel) + "/"
+
+
+def exclude_rules(config: AgentConfig, directory: DirectoryConfig) -> ExcludeRules:
+    patterns = list(config.exclude) + list(directory.exclude)
+    own = state_dir_rule(config.state_dir, directory.path)
+    if own:
+        patterns.append(own)
+    return ExcludeRules(patterns, base=directory.path)
+
+
+class _Pools:
+    """Helper pools for one run: one per target machine, and source pools per algorithm."""
+
+    def __init__(self, config: AgentConfig, stack: ExitStack):
+        self.config = config
+        self.stack = stack
+        self.workers = config.limits.workers or default_workers()
+        self.read_limit = int(config.limits.read_mb_per_s * 1_000_000)
+        self._targets: dict[str, Pool] = {}
+        self._sources: dict[str, Pool] = {}
+
+    def _open(self, spec: TargetSpec, algorithms: tuple[str, ...]) -> Pool:
+        pool = open_pool(
+            spec,
+            ssh=self.config.ssh,
+            workers=self.workers,
+            algorithms=algorithms,
+            read_limit=self.read_limit,
+        )
+        self.stack.callback(pool.close)
+        if spec.host is not None:
+            log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
+        return pool
+
+    def target(self, spec: TargetSpec) -> Pool:
+        pool = self._targets.get(spec.key)
+        if pool is None or not pool.alive:
+            pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
+        return pool
+
+    def source(self, algorithm: str) -> Pool:
+        pool = self._sources.get(algorithm)
+        if pool is None or not pool.alive:
+            pool = self._sources[algorithm] = self._open(TargetSpec(path=b"/"), (algorithm,))
+        return pool
+
+
+def open_cache(config: AgentConfig, use_cache: bool) -> HashCache | None:
+    if not (use_cache and config.cache.enabled):
+        return None
+    try:
+        return HashCache(config.state_dir, max_entries=config.cache.max_entries)
+    except StateError as exc:
+        log.warning("running without the hash cache: %s", exc)
+        return None
+
+
+def run_verification(
+    config: AgentConfig,
+    directories: Sequence[DirectoryConfig],
+    *,
+    use_cache: bool = True,
+    stop: threading.Event | None = None,
+    report: ReportSink | None = None,
+    progress: ProgressSink | None = None,
+) -> list[DirResult]:
+    """One DirResult per directory, in order; a failed directory carries its `error`."""
+    check_targets(config, directories)
+    stop = stop or threading.Event()
+    results: list[DirResult] = []
+    with ExitStack() as stack:
+        cache = open_cache(config, use_cache)
+        if cache is not None:
+            stack.callback(cache.close)
+        pools = _Pools(config, stack)
+        for directory in directories:
+            results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
+        if cache is not None:
+            cache.prune()
+    return results
+
+
+def _verify_one(
+    config: AgentConfig,
+    directory: DirectoryConfig,
+    pools: _Pools,
+    cache: HashCache | None,
+    stop: threading.Event,
+    report: ReportSink | None,
+    progress: ProgressSink | None,
+) -> DirResult:
+    target_text = config.target_for(directory) or ""
+    spec = parse_target(target_text)
+    started = time.monotonic()
+    try:
+        target_pool = pools.target(spec)
+        source_pool = pools.source(target_pool.algorithm)
+    except AgentError as exc:
+        log.error("%s: %s", directory.path, exc)
+        return DirResult(
+            dir_check=directory.path,
+            target=target_text,
+            counts=DirCounts(),
+            elapsed=time.monotonic() - started,
+            error=str(exc),
+        )
+    engine = Engine(
+        source_pool,
+        target_pool,
+        cache=cache,
+        report=report,
+        progress=(lambda f, b: progress(directory.path, f, b)) if progress else None,
+        stop=stop,
+        one_file_system=config.one_file_system,
+    )
+    result = engine.compare(
+        directory.path,
+        os.fsencode(directory.path),
+        spec.path,
+        exclude_rules(config, directory),
+    )
+    result = replace(result, target=target_text)
+    c = result.counts
+    if result.error:
+        log.error("%s: not verified: %s", directory.path, result.error)
+    else:
+        log.info(
+            "%s: total=%d different=%d missing=%d more=%d errors=%d hashed=%dB in %.2fs",
+            directory.path, c.total, c.different, c.missing, c.more, c.errors,
+            c.bytes_hashed, result.elapsed,
+        )  # fmt: skip
+    return result
