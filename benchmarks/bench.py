@@ -188,9 +188,35 @@ def decode_rclone_name(text: bytes) -> bytes:
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
+_AGENT_NAMED = {ord("n"): b"\n", ord("t"): b"\t", ord("r"): b"\r", ord("\\"): b"\\"}
+
+
 def decode_agent_name(text: bytes) -> bytes:
-    """The agent's report escaping; generated benchmark names are plain ASCII, which it keeps."""
-    return text
+    r"""Undo the agent's `report.escape`: `\n \t \r \\`, `\xNN`, `\uNNNN`; the rest is UTF-8.
+
+    `\xNN` from 80 up is read as a raw byte: the agent writes an undecodable byte that way, and
+    also the C1 control characters U+0080 to U+009F, so those two cannot be told apart.
+    """
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] != 0x5C or i + 1 == len(text):  # not a backslash
+            out.append(text[i])
+            i += 1
+            continue
+        kind = text[i + 1]
+        if kind in _AGENT_NAMED:
+            out += _AGENT_NAMED[kind]
+            i += 2
+        elif kind == ord("x"):
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        elif kind == ord("u"):
+            out += chr(int(text[i + 2 : i + 6], 16)).encode("utf-8", "surrogateescape")
+            i += 6
+        else:
+            raise BenchError(f"the agent's report has an unknown escape: {show(text)}")
+    return bytes(out)
 
 
 def show(name: bytes) -> str:
@@ -263,8 +289,17 @@ def parse_rclone(lines: Iterable[bytes]) -> Answer:
     return parse_combined(lines, decode_rclone_name, "rclone")
 
 
-def parse_agent_report(lines: Iterable[bytes]) -> Answer:
-    return parse_combined(lines, decode_agent_name, "the agent")
+def parse_agent_report(lines: Iterable[bytes], dir_check: str) -> Answer:
+    """The agent's report names each path in full (dir_check + `/` + escaped relative path)."""
+    prefix = os.fsencode(dir_check.rstrip("/")) + b"/"
+
+    def relative(text: bytes) -> bytes:
+        path = decode_agent_name(text.split(b"\t", 1)[0])  # `! path<TAB>reason`
+        if not path.startswith(prefix):
+            raise BenchError(f"the agent reported a path outside {dir_check}: {show(path)}")
+        return path[len(prefix) :]
+
+    return parse_combined(lines, relative, "the agent")
 
 
 def agent_counts_problem(stdout: bytes, truth: Truth) -> str | None:
@@ -615,7 +650,7 @@ def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
         "agent",
         argv,
         frozenset({0, 1}),
-        lambda _stdout: parse_agent_report(read_lines(report)),
+        lambda _stdout: parse_agent_report(read_lines(report), str(tree.src)),
         check_extra=lambda stdout, truth: agent_counts_problem(stdout.read_bytes(), truth),
         before_warmup=fresh_state if spec.warm_cache else None,
     )

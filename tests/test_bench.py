@@ -56,6 +56,32 @@ def test_decode_rclone_name(printed: str, name: bytes) -> None:
     assert bench.decode_rclone_name(printed.encode()) == name
 
 
+@pytest.mark.parametrize(
+    ("printed", "name"),
+    [
+        (b"plain.txt", b"plain.txt"),
+        (b"new\\nline\\t\\r", b"new\nline\t\r"),
+        (b"back\\\\slash", b"back\\slash"),
+        (b"bad\\xff\\xfe", b"bad\xff\xfe"),
+        (b"bell\\x07", b"bell\x07"),
+        (b"sep\\u2028", "sep\u2028".encode()),
+        ("caf\u00e9".encode(), "caf\u00e9".encode()),
+    ],
+)
+def test_decode_agent_name(printed: bytes, name: bytes) -> None:
+    assert bench.decode_agent_name(printed) == name
+
+
+def test_parse_agent_report_strips_the_directory() -> None:
+    lines = [b"= /src/a", b"* /src/sub/b\\nc", b"+ /src/m", b"- /src/x"]
+    got = bench.parse_agent_report(lines, "/src")
+    assert got == bench.Answer(frozenset({b"sub/b\nc"}), frozenset({b"m"}), frozenset({b"x"}))
+    with pytest.raises(bench.BenchError, match="outside /src"):
+        bench.parse_agent_report([b"* /other/a"], "/src")
+    with pytest.raises(bench.BenchError, match="could not check 1 path"):
+        bench.parse_agent_report([b"! /src/a\tPermission denied"], "/src")
+
+
 def test_decode_rclone_name_keeps_invalid_utf8_bytes() -> None:
     assert bench.decode_rclone_name(b"bad\xff\xfename") == b"bad\xff\xfename"
 
@@ -92,7 +118,7 @@ def test_parse_combined_kinds_and_errors() -> None:
     with pytest.raises(bench.BenchError, match="could not check 1 path"):
         bench.parse_rclone([b"! broken"])
     with pytest.raises(bench.BenchError, match="does not understand"):
-        bench.parse_agent_report([b"? odd"])
+        bench.parse_agent_report([b"? odd"], "/src")
 
 
 def test_answer_problem_names_what_is_wrong() -> None:
@@ -210,6 +236,29 @@ def test_rclone_parser_on_real_awkward_names(awkward_tree: tuple[Path, Path, ben
     assert bench.parse_rclone(_run(inv.argv)) == want
 
 
+@pytest.mark.skipif(shutil.which("smsagent") is None, reason="smsagent not on PATH")
+def test_agent_parser_on_real_awkward_names(
+    awkward_tree: tuple[Path, Path, bench.Answer], tmp_path: Path
+) -> None:
+    src, dst, want = awkward_tree
+    opts = bench.Options(
+        workdir=tmp_path / "work",
+        repeat=1,
+        scale=1,
+        seed=1,
+        cases=("1",),
+        agent_cmd="smsagent",
+        workers=None,
+        only_peers=False,
+        ssh_target="",
+        markdown=None,
+    )
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    inv = bench.agent_invocation(bench.CASES[0], bench.Tree(src, dst, bench.Truth(0, want)), opts)
+    _run(inv.argv)
+    assert inv.read_answer(tmp_path / "unused") == want
+
+
 @needs_rclone
 def test_rclone_cannot_check_a_name_with_its_quote_character(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -257,7 +306,7 @@ for name in sorted(src.keys() | dst.keys()):
     elif src[name] != dst[name]: mark, i = "*", 0
     else: mark, i = "=", None
     if i is not None: counts[i] += 1
-    lines.append(f"{mark} {name}\n")
+    lines.append(f"{mark} {d['path']}/{name}\n")
 open(report, "w").writelines(lines)
 print(json.dumps({"consistency_result": [{"dir_check": d["path"], "num_total_files": len(src),
     "num_different_files": counts[0], "num_target_miss_files": counts[1],
