@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,9 @@ assert _spec and _spec.loader
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench"] = bench  # dataclasses look their module up by name
 _spec.loader.exec_module(bench)
+
+# The script is loaded by path, so mypy cannot see its types here.
+Awkward = tuple[Path, Path, Any]
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync not installed")
 needs_rclone = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone not installed")
@@ -183,13 +187,15 @@ def _write(path: bytes, data: bytes) -> None:
 
 
 @pytest.fixture
-def awkward_tree(tmp_path: Path) -> tuple[Path, Path, bench.Answer]:
+def awkward_tree(tmp_path: Path) -> Awkward:
     """src and dst where every awkward name is once different, missing and extra."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     for side in (src, dst):
         (side / "sub").mkdir(parents=True)
         _write(os.fsencode(side / "same"), b"same")
-    different, missing, extra = set(), set(), set()
+    different: set[bytes] = set()
+    missing: set[bytes] = set()
+    extra: set[bytes] = set()
     for name in AWKWARD:
         rel = b"sub/d-" + name
         _write(os.fsencode(src) + b"/" + rel, b"abc")
@@ -209,7 +215,7 @@ def _run(argv: list[str], env: dict[str, str] | None = None) -> list[bytes]:
 
 
 @needs_rsync
-def test_rsync_parser_on_real_awkward_names(awkward_tree: tuple[Path, Path, bench.Answer]) -> None:
+def test_rsync_parser_on_real_awkward_names(awkward_tree: Awkward) -> None:
     src, dst, want = awkward_tree
     tree = bench.Tree(src, dst, bench.Truth(0, want))
     inv = bench.rsync_invocation(tree, None)
@@ -230,16 +236,14 @@ def test_rsync_reports_a_changed_symlink(tmp_path: Path) -> None:
 
 
 @needs_rclone
-def test_rclone_parser_on_real_awkward_names(awkward_tree: tuple[Path, Path, bench.Answer]) -> None:
+def test_rclone_parser_on_real_awkward_names(awkward_tree: Awkward) -> None:
     src, dst, want = awkward_tree
     inv = bench.rclone_invocation(bench.Tree(src, dst, bench.Truth(0, want)))
     assert bench.parse_rclone(_run(inv.argv)) == want
 
 
 @pytest.mark.skipif(shutil.which("smsagent") is None, reason="smsagent not on PATH")
-def test_agent_parser_on_real_awkward_names(
-    awkward_tree: tuple[Path, Path, bench.Answer], tmp_path: Path
-) -> None:
+def test_agent_parser_on_real_awkward_names(awkward_tree: Awkward, tmp_path: Path) -> None:
     src, dst, want = awkward_tree
     opts = bench.Options(
         workdir=tmp_path / "work",
