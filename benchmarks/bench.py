@@ -192,11 +192,8 @@ _AGENT_NAMED = {ord("n"): b"\n", ord("t"): b"\t", ord("r"): b"\r", ord("\\"): b"
 
 
 def decode_agent_name(text: bytes) -> bytes:
-    r"""Undo the agent's `report.escape`: `\n \t \r \\`, `\xNN`, `\uNNNN`; the rest is UTF-8.
-
-    `\xNN` from 80 up is read as a raw byte: the agent writes an undecodable byte that way, and
-    also the C1 control characters U+0080 to U+009F, so those two cannot be told apart.
-    """
+    r"""Undo the agent's `report.escape`: `\n \t \r \\`, `\xNN` (a raw byte), `\uNNNN` and
+    `\UNNNNNNNN` (characters); the rest is UTF-8."""
     out = bytearray()
     i = 0
     while i < len(text):
@@ -214,6 +211,9 @@ def decode_agent_name(text: bytes) -> bytes:
         elif kind == ord("u"):
             out += chr(int(text[i + 2 : i + 6], 16)).encode("utf-8", "surrogateescape")
             i += 6
+        elif kind == ord("U"):
+            out += chr(int(text[i + 2 : i + 10], 16)).encode("utf-8", "surrogateescape")
+            i += 10
         else:
             raise BenchError(f"the agent's report has an unknown escape: {show(text)}")
     return bytes(out)

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import smsagent_command
+
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 _spec = importlib.util.spec_from_file_location("bench", BENCH_PATH)
 assert _spec and _spec.loader
@@ -242,7 +244,6 @@ def test_rclone_parser_on_real_awkward_names(awkward_tree: Awkward) -> None:
     assert bench.parse_rclone(_run(inv.argv)) == want
 
 
-@pytest.mark.skipif(shutil.which("smsagent") is None, reason="smsagent not on PATH")
 def test_agent_parser_on_real_awkward_names(awkward_tree: Awkward, tmp_path: Path) -> None:
     src, dst, want = awkward_tree
     opts = bench.Options(
@@ -251,7 +252,7 @@ def test_agent_parser_on_real_awkward_names(awkward_tree: Awkward, tmp_path: Pat
         scale=1,
         seed=1,
         cases=("1",),
-        agent_cmd="smsagent",
+        agent_cmd=smsagent_command()[0],
         workers=None,
         only_peers=False,
         ssh_target="",
