@@ -59,7 +59,7 @@ def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:
     """The common case of a migrated copy: the same names on both sides."""
     to_hash = out.to_hash
     for s, t in zip(src, tgt, strict=True):
-        if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE]:
+        if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE] and s[SIZE]:
             to_hash.append((s, t))
         else:
             _both(out, s, t)
@@ -133,6 +133,8 @@ def _both(out: Merged, s: Entry, t: Entry) -> None:
         out.verdicts.append((Verdict.IDENTICAL if same else Verdict.DIFFERENT, s[NAME], None))
     elif s[SIZE] != t[SIZE]:
         out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
+    elif s[SIZE] == 0:
+        out.verdicts.append((Verdict.IDENTICAL, s[NAME], None))  # nothing to read
     else:
         out.to_hash.append((s, t))
 

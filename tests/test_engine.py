@@ -294,3 +294,11 @@ def test_counts_match_brute_force(tmp_path_factory, src_tree, tgt_tree, shared, 
     assert result.error is None
     assert counts(result) == expected_counts(src, tgt, rules.excluded)
     check_invariant(result)
+
+
+def test_empty_files_are_identical_without_reading(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", {"e1": "", "e2": "", "x": "x"})
+    write_tree(tmp_path / "tgt", {"e1": "", "e2": "y", "x": "x"})
+    result, lines = verify(tmp_path / "src", tmp_path / "tgt", tmp_path / "state", use_cache=False)
+    assert counts(result) == {"total": 3, "identical": 2, "different": 1, "missing": 0, "more": 0}
+    assert result.counts.files_hashed == 2  # only "x", on each side
