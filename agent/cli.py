@@ -96,6 +96,18 @@ def _absolute(path: str) -> str:
 @click.option("--no-cache", is_flag=True, help="Hash every compared file, ignoring the cache.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Helpers per side (limits.workers).")
 @click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option(
+    "--endpoint",
+    envvar="SMSAGENT_ENDPOINT",
+    metavar="URL",
+    help="SMS endpoint (overrides endpoint; also $SMSAGENT_ENDPOINT).",
+)
+@click.option(
+    "--task-id",
+    envvar="SMSAGENT_TASK_ID",
+    metavar="ID",
+    help="SMS task ID (overrides task_id; also $SMSAGENT_TASK_ID).",
+)
 def verify(
     config_path: str | None,
     dirs: Sequence[str],
@@ -107,12 +119,15 @@ def verify(
     no_cache: bool,
     workers: int | None,
     state_dir: str | None,
+    endpoint: str | None,
+    task_id: str | None,
 ) -> None:
     """Compare directories with the migrated target and report the four counts."""
     started = time.monotonic()
     config = _load(config_path).with_overrides(
-        dirs=[_absolute(d) for d in dirs], target=target, exclude=exclude, state_dir=state_dir
-    )
+        dirs=[_absolute(d) for d in dirs], target=target, exclude=exclude, state_dir=state_dir,
+        endpoint=endpoint, task_id=task_id,
+    )  # fmt: skip
     if workers:
         config = replace(config, limits=replace(config.limits, workers=workers))
     report_file: IO[str] | None = None

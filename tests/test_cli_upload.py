@@ -134,3 +134,24 @@ def test_sigkill_during_verify_upload_then_flush(emu: Emulator, tmp_path: Path) 
     assert len(emu.results("T")) == 35
     assert [len(b) for b in emu.received] == [30, 5]
     assert TOKEN not in flushed.stdout + flushed.stderr
+
+
+def test_endpoint_task_and_token_from_the_command_line_and_environment(
+    emu: Emulator, tmp_path: Path, run_cli
+) -> None:
+    src = tmp_path / "data"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("f")
+    root = tmp_path / "root"
+    (root / str(src).lstrip("/") / "sub").mkdir(parents=True)
+    (root / str(src).lstrip("/") / "sub" / "f").write_text("f")
+    done = run_cli(
+        "verify", "--dir", str(src), "--target", str(root), "--endpoint", emu.url,
+        "--state-dir", str(tmp_path / "state"), "--json",
+        env={"SMSAGENT_TASK_ID": "T", "SMSAGENT_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    posted = [entry for batch in emu.received for entry in batch]
+    assert posted == json.loads(done.stdout)["consistency_result"]
+    assert posted[0]["dir_check"] == str(src) and posted[0]["num_total_files"] == 1
+    assert TOKEN not in done.stdout + done.stderr
