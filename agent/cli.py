@@ -20,11 +20,11 @@ from typing import IO, Any
 
 import click
 
-from . import __version__, delivery
+from . import __version__, delivery, output
 from .config import AgentConfig, find_config, load_config, normalise_dir, render
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
-from .report import ReportWriter, escape
+from .report import ReportWriter
 from .verify import run_verification
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNDELIVERED = 0, 1, 2, 3
@@ -163,9 +163,11 @@ def verify(
             )
     upload_note = _upload(config, results, no_upload)
     if as_json:
-        click.echo(json.dumps(_json_document(results, upload_note, started), ensure_ascii=False))
+        document = output.verify_document(results, upload_note, time.monotonic() - started)
+        click.echo(json.dumps(document, ensure_ascii=False))
     else:
-        _print_table(results, time.monotonic() - started, err=report_path == "-")
+        for line in output.verify_table(results, time.monotonic() - started):
+            click.echo(line, err=report_path == "-")
         click.echo(upload_note["message"], err=True)
     for result in results:
         for note in result.notes[:10]:
@@ -193,32 +195,9 @@ def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) 
         delivered=report.delivered,
         pending=report.pending,
         dead=report.dead,
-        message=_flush_message(report, config),
+        message=output.flush_message(report, config.task_id),
     )
     return note
-
-
-def _flush_message(report: delivery.FlushReport, config: AgentConfig) -> str:
-    if report.requests == 0 and report.pending == 0 and report.dead == 0:
-        return "Nothing to deliver."
-    parts = []
-    if report.delivered:
-        parts.append(
-            f"Uploaded {report.delivered} result(s) to SMS task {config.task_id} "
-            f"in {report.requests} request(s)."
-        )
-    if report.dead:
-        parts.append(
-            f"{report.dead} result(s) rejected for good and moved to dead letters "
-            "(see `smsagent status`)."
-        )
-    if report.pending:
-        why = f": {report.errors[-1]}" if report.errors else ""
-        parts.append(
-            f"{report.pending} result(s) queued but not delivered{why}. They are retried "
-            "by `smsagent flush` and by the daemon."
-        )
-    return "\n".join(parts)
 
 
 def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
@@ -230,83 +209,6 @@ def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
     if any(not r.counts.consistent for r in results):
         return EXIT_DIFFERENT
     return EXIT_OK
-
-
-def _json_document(
-    results: Sequence[DirResult], upload: dict[str, Any], started: float
-) -> dict[str, Any]:
-    return {
-        "consistency_result": [r.entry().to_api() for r in results if r.uploadable],
-        "directories": [_json_result(r) for r in results],
-        "consistent": all(r.uploadable and r.counts.consistent for r in results),
-        "upload": upload,
-        "elapsed_seconds": round(time.monotonic() - started, 3),
-    }
-
-
-def _json_result(r: DirResult) -> dict[str, Any]:
-    c = r.counts
-    return {
-        "dir_check": r.dir_check,
-        "target": escape(r.target),
-        "num_total_files": c.total,
-        "num_identical_files": c.identical,
-        "num_different_files": c.different,
-        "num_target_miss_files": c.missing,
-        "num_target_more_files": c.more,
-        "num_error_files": c.errors,
-        "num_skipped_special": c.skipped_special,
-        "files_hashed": c.files_hashed,
-        "bytes_hashed": c.bytes_hashed,
-        "cache_hits": c.cache_hits,
-        "hash_algorithm": r.hash_algorithm,
-        "elapsed_seconds": round(r.elapsed, 3),
-        "error": r.error,
-        "error_samples": list(r.notes),
-        "clamped_fields": r.clamped_fields(),
-    }
-
-
-def _print_table(results: Sequence[DirResult], elapsed: float, err: bool = False) -> None:
-    headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "ERRORS", "HASHED", "TIME")
-    rows = []
-    for r in results:
-        c = r.counts
-        if r.error:
-            rows.append((escape(r.dir_check), "-", "-", "-", "-", "-", "-", f"{r.elapsed:.1f}s"))
-            continue
-        rows.append((
-            escape(r.dir_check), f"{c.total:,}", f"{c.different:,}", f"{c.missing:,}",
-            f"{c.more:,}", f"{c.errors:,}", _human_bytes(c.bytes_hashed), f"{r.elapsed:.1f}s",
-        ))  # fmt: skip
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
-                     for i, h in enumerate(headers))  # fmt: skip
-    click.echo(line, err=err)
-    for row in rows:
-        click.echo("  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
-                             for i, v in enumerate(row)), err=err)  # fmt: skip
-    for r in results:
-        if r.error:
-            click.echo(f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}", err=err)
-    total_bytes = sum(r.counts.bytes_hashed for r in results)
-    verdict = (
-        "some directories could not be verified"
-        if any(r.error for r in results)
-        else "consistent"
-        if all(r.counts.consistent for r in results)
-        else "differences found"
-    )
-    click.echo(f"{verdict}; {_human_bytes(total_bytes)} hashed in {elapsed:.1f}s", err=err)
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
 
 
 class _Progress:
@@ -322,11 +224,7 @@ class _Progress:
         if now - self.last < 0.2:
             return
         self.last = now
-        rate = nbytes / max(now - self.started, 1e-6)
-        text = (
-            f"{escape(dir_check)}: {files:,} files, {_human_bytes(nbytes)} hashed, "
-            f"{_human_bytes(int(rate))}/s"
-        )
+        text = output.progress_line(dir_check, files, nbytes, now - self.started)
         sys.stderr.write("\r\x1b[K" + text[:200])
         sys.stderr.flush()
         self.shown = True
@@ -388,7 +286,7 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     config = _load(config_path).with_overrides(state_dir=state_dir)
     deadline = time.time() + wait if wait else None
     report = delivery.flush(config, deadline=deadline, force=True)
-    message = _flush_message(report, config)
+    message = output.flush_message(report, config.task_id)
     click.echo(message, err=report.pending > 0)
     sys.exit(EXIT_UNDELIVERED if report.pending else EXIT_OK)
 
@@ -404,101 +302,11 @@ def status(config_path: str | None, state_dir: str | None, remote: bool, as_json
     local = delivery.status(config)
     if as_json:
         remote_results = delivery.remote_status(config) if remote else None
-        click.echo(json.dumps(_status_document(local, remote_results), ensure_ascii=False))
+        document = output.status_document(local, remote_results)
+        click.echo(json.dumps(document, ensure_ascii=False))
         return
-    _print_status(local)  # first: still useful when SMS cannot be reached
+    for line in output.status_lines(local):  # first: still useful when SMS cannot be reached
+        click.echo(line)
     if remote:
-        _print_remote(config, delivery.remote_status(config))
-
-
-def _when(moment: float | None) -> str:
-    if moment is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
-
-
-def _print_status(local: delivery.StatusReport) -> None:
-    if not local.last_results:
-        click.echo("No results recorded yet.")
-    else:
-        headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "STATE", "CHECKED")
-        rows = []
-        for r in local.last_results:
-            e = r.entry
-            counts = (
-                (f"{e.num_total_files:,}", f"{e.num_different_files:,}",
-                 f"{e.num_target_miss_files:,}", f"{e.num_target_more_files:,}")
-                if e else ("-", "-", "-", "-")
-            )  # fmt: skip
-            state = r.state if not r.detail else f"{r.state} ({r.detail})"
-            rows.append((escape(r.dir_check), *counts, state, _when(r.checked_at)))
-        _echo_table(headers, rows)
-    c = local.counts
-    line = f"Pending: {c.pending}"
-    if c.pending:
-        line += f", next try {_when(c.next_try)}"
-        if c.last_pending_error:
-            line += f"; last error: {c.last_pending_error}"
-    click.echo(line)
-    line = f"Dead letters: {c.dead}"
-    if c.dead and c.last_dead_error:
-        line += f"; last: {c.last_dead_error}"
-    click.echo(line)
-
-
-def _print_remote(config: AgentConfig, remote: Sequence[Any]) -> None:
-    click.echo(f"SMS task {config.task_id}: {len(remote)} result(s) on record")
-    for item in remote:
-        if item.raw is not None:
-            click.echo(f"  {item.raw}")
-            continue
-        finished = _when(item.finished_time / 1000) if item.finished_time else "-"
-        click.echo(f"  finished {finished}, check_result {item.check_result or '-'}")
-        for e in item.entries:
-            click.echo(
-                f"    {escape(e.dir_check)}: total {e.num_total_files:,}, different "
-                f"{e.num_different_files:,}, missing {e.num_target_miss_files:,}, "
-                f"more {e.num_target_more_files:,}"
-            )
-
-
-def _status_document(local: delivery.StatusReport, remote: Sequence[Any] | None) -> dict[str, Any]:
-    c = local.counts
-    doc: dict[str, Any] = {
-        "directories": [
-            {
-                "dir_check": r.dir_check,
-                "task_id": r.task_id,
-                "result": r.entry.to_api() if r.entry else None,
-                "state": r.state,
-                "detail": r.detail,
-                "checked_at": r.checked_at,
-                "delivered_at": r.delivered_at,
-            }
-            for r in local.last_results
-        ],
-        "pending": {"count": c.pending, "next_try": c.next_try, "last_error": c.last_pending_error},
-        "dead_letters": {"count": c.dead, "last_error": c.last_dead_error},
-    }
-    if remote is not None:
-        doc["remote"] = [
-            {
-                "finished_time": item.finished_time,
-                "check_result": item.check_result,
-                "consistency_result": [e.to_api() for e in item.entries],
-                "raw": item.raw,
-            }
-            for item in remote
-        ]
-    return doc
-
-
-def _echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    for row in (headers, *rows):
-        click.echo(
-            "  ".join(
-                v.ljust(widths[i]) if i in (0, len(row) - 2, len(row) - 1) else v.rjust(widths[i])
-                for i, v in enumerate(row)
-            ).rstrip()
-        )
+        for line in output.remote_lines(config.task_id, delivery.remote_status(config)):
+            click.echo(line)
