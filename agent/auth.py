@@ -52,6 +52,10 @@ class Credentials(Protocol):
         """Where the credentials come from, for messages (never the secret itself)."""
         ...
 
+    def rejected_hint(self) -> str:
+        """What the operator should do when SMS answers 401 to these credentials."""
+        ...
+
 
 # --- AK/SK signing (pure) -------------------------------------------------------------------
 
@@ -227,6 +231,12 @@ class StaticToken:
     def describe(self) -> str:
         return f"the token from {self._origin}"
 
+    def rejected_hint(self) -> str:
+        return (
+            "it is expired or invalid; put a fresh one there "
+            "(it is read again before the next try; the results stay queued)"
+        )
+
 
 class IamToken:
     """A token from IAM password login, cached in the state dir (0600) and renewed before expiry."""
@@ -269,6 +279,12 @@ class IamToken:
 
     def describe(self) -> str:
         return f"the IAM token of user {self._iam.user} (domain {self._iam.domain})"
+
+    def rejected_hint(self) -> str:
+        return (
+            "a freshly issued token was refused too; check that auth.iam.endpoint and "
+            "auth.iam.project belong to the SMS endpoint's region"
+        )
 
     def _renew_at(self) -> float:
         # Renew a quarter of the lifetime early (at most ten minutes) so a request never
@@ -380,6 +396,9 @@ class AkSkSigner:
 
     def describe(self) -> str:
         return f"the AK/SK signature with access key {self._auth.ak}"
+
+    def rejected_hint(self) -> str:
+        return "check auth.ak, auth.sk_file and the system clock (X-Sdk-Date)"
 
 
 def credentials_for(auth: AuthConfig, state_dir: Path, login: LoginFunc) -> Credentials:

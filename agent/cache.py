@@ -1,18 +1,18 @@
 """A persistent cache of file digests, so unchanged files are not read again.
 
-An entry is keyed by where the file lives (`scope`: this machine, or an SSH host), its device
-and inode, and is valid only while size, mtime_ns and ctime_ns are what they were when it was
-hashed. ctime cannot be set from user space, so rewriting a file and restoring its mtime
-(`touch -d`) still invalidates the entry. Look-ups are batched per directory.
+A digest is valid only while the file's device, inode, size, mtime_ns and ctime_ns are what
+they were when it was hashed. ctime cannot be set from user space, so rewriting a file and
+restoring its mtime (`touch -d`) still invalidates the entry. The entries of one directory
+are stored together in one row, so a directory costs one look-up and at most one write, and
+a rewritten row keeps only the files the directory still holds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import StateError
@@ -20,109 +20,103 @@ from .errors import StateError
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "hashcache.db"
-_BATCH = 500  # bound parameters per query, well under SQLite's limit
 _DAY = 86400
-_KEEP_UNSEEN = 30 * _DAY  # entries of files not seen for this long are dropped
+_KEEP_UNSEEN_DAYS = 30  # directories not verified for this long are dropped
 
-Key = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
+# ino -> [size, mtime_ns, ctime_ns, digest]; the device is part of the row's key.
+DirEntries = dict[int, list]
 
 
 class HashCache:
     def __init__(self, state_dir: Path, *, max_entries: int = 5_000_000, clock=time.time):
         self.path = state_dir / CACHE_FILE
         self.max_entries = max_entries
-        self._clock = clock
         self._today = int(clock()) // _DAY
-        self._dirty = 0
+        self._writes = 0
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS digests ("
-                " scope TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
-                " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-                " algorithm TEXT NOT NULL, digest TEXT NOT NULL, seen_day INTEGER NOT NULL,"
-                " PRIMARY KEY (scope, dev, ino)) WITHOUT ROWID"
+                "CREATE TABLE IF NOT EXISTS directories ("
+                " scope TEXT NOT NULL, path BLOB NOT NULL, dev INTEGER NOT NULL,"
+                " algorithm TEXT NOT NULL, entries TEXT NOT NULL, count INTEGER NOT NULL,"
+                " seen_day INTEGER NOT NULL, PRIMARY KEY (scope, path)) WITHOUT ROWID"
             )
             self._db.execute("BEGIN")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{self.path}: cannot open the hash cache: {exc}") from None
 
-    def lookup(self, scope: str, algorithm: str, keys: Sequence[Key]) -> list[str | None]:
-        """The cached digest for each key, or None where it is unknown or stale."""
-        found: list[str | None] = [None] * len(keys)
-        by_dev: dict[int, list[int]] = defaultdict(list)
-        for index, key in enumerate(keys):
-            by_dev[key[0]].append(index)
-        stale_seen: list[tuple[int, str, int, int]] = []
-        for dev, indexes in by_dev.items():
-            for start in range(0, len(indexes), _BATCH):
-                part = indexes[start : start + _BATCH]
-                wanted = {keys[i][1]: i for i in part}
-                marks = ",".join("?" * len(wanted))
-                rows = self._db.execute(
-                    f"SELECT ino, size, mtime_ns, ctime_ns, algorithm, digest, seen_day"
-                    f" FROM digests WHERE scope=? AND dev=? AND ino IN ({marks})",
-                    (scope, dev, *wanted),
-                ).fetchall()
-                for ino, size, mtime, ctime, algo, digest, seen in rows:
-                    i = wanted[ino]
-                    if keys[i][2:] == (size, mtime, ctime) and algo == algorithm:
-                        found[i] = digest
-                        if seen != self._today:
-                            stale_seen.append((self._today, scope, dev, ino))
-        if stale_seen:
-            # Mark entries as seen at most once a day, so a warm run does not rewrite them.
-            self._db.executemany(
-                "UPDATE digests SET seen_day=? WHERE scope=? AND dev=? AND ino=?", stale_seen
+    def load(self, scope: str, path: bytes, dev: int, algorithm: str) -> DirEntries:
+        """The cached entries of one directory (empty when unknown or made otherwise)."""
+        row = self._db.execute(
+            "SELECT dev, algorithm, entries, seen_day FROM directories WHERE scope=? AND path=?",
+            (scope, path),
+        ).fetchone()
+        if row is None or row[0] != dev or row[1] != algorithm:
+            return {}
+        if row[3] != self._today:
+            # Marked as seen at most once a day, so a warm run does not rewrite every row.
+            self._db.execute(
+                "UPDATE directories SET seen_day=? WHERE scope=? AND path=?",
+                (self._today, scope, path),
             )
-            self._note_writes(len(stale_seen))
-        return found
+            self._note_write()
+        return {int(ino): value for ino, value in json.loads(row[2]).items()}
 
-    def store(self, scope: str, algorithm: str, rows: Sequence[tuple[Key, str]]) -> None:
-        if not rows:
-            return
-        self._db.executemany(
-            "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?)",
-            [(scope, *key, algorithm, digest, self._today) for key, digest in rows],
-        )
-        self._note_writes(len(rows))
+    def save(self, scope: str, path: bytes, dev: int, algorithm: str, entries: DirEntries) -> None:
+        """Replace one directory's entries; an empty mapping drops the row."""
+        if not entries:
+            self._db.execute("DELETE FROM directories WHERE scope=? AND path=?", (scope, path))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO directories VALUES (?,?,?,?,?,?,?)",
+                (scope, path, dev, algorithm, json.dumps(entries, separators=(",", ":")),
+                 len(entries), self._today),
+            )  # fmt: skip
+        self._note_write()
 
-    def _note_writes(self, count: int) -> None:
-        self._dirty += count
-        if self._dirty >= 20_000:
+    def _note_write(self) -> None:
+        self._writes += 1
+        if self._writes >= 500:
             self.commit()
 
     def commit(self) -> None:
         if self._db.in_transaction:
             self._db.execute("COMMIT")
-        self._dirty = 0
+        self._writes = 0
         self._db.execute("BEGIN")
 
     def prune(self) -> int:
-        """Drop entries not seen for a month, then the oldest beyond the size bound."""
-        cutoff = self._today - _KEEP_UNSEEN // _DAY
-        dropped = self._db.execute("DELETE FROM digests WHERE seen_day < ?", (cutoff,)).rowcount
-        (count,) = self._db.execute("SELECT count(*) FROM digests").fetchone()
-        if count > self.max_entries:
-            excess = count - self.max_entries
-            dropped += self._db.execute(
-                "DELETE FROM digests WHERE (scope, dev, ino) IN (SELECT scope, dev, ino"
-                " FROM digests ORDER BY seen_day LIMIT ?)",
-                (excess,),
-            ).rowcount
+        """Drop directories not seen for a month, then the least recently seen ones while
+        the cache holds more than `max_entries` files."""
+        cutoff = self._today - _KEEP_UNSEEN_DAYS
+        dropped = self._db.execute("DELETE FROM directories WHERE seen_day < ?", (cutoff,)).rowcount
+        total = self.count()
+        if total > self.max_entries:
+            rows = self._db.execute(
+                "SELECT scope, path, count FROM directories ORDER BY seen_day"
+            ).fetchall()
+            for scope, path, count in rows:
+                if total <= self.max_entries:
+                    break
+                self._db.execute("DELETE FROM directories WHERE scope=? AND path=?", (scope, path))
+                total -= count
+                dropped += 1
         self.commit()
         return dropped
 
     def clear(self) -> int:
-        dropped = self._db.execute("DELETE FROM digests").rowcount
+        dropped = self.count()
+        self._db.execute("DELETE FROM directories")
         self.commit()
         return dropped
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM digests").fetchone()[0])
+        """How many file digests the cache holds."""
+        (total,) = self._db.execute("SELECT coalesce(sum(count), 0) FROM directories").fetchone()
+        return int(total)
 
     def close(self) -> None:
         try:

@@ -6,11 +6,12 @@ import contextlib
 import json
 import logging
 import os
-import queue
+import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,15 @@ class Reply:
 
 
 class Channel:
-    """A helper process spoken to with length-prefixed JSON frames."""
+    """A helper process spoken to with length-prefixed JSON frames over non-blocking pipes.
 
-    def __init__(self, argv: Sequence[str], label: str, replies: queue.Queue[Reply]):
+    All I/O happens on the caller's thread through `wait_for_replies`: no reader threads, so
+    no fight for the GIL, and a helper busy writing a large listing can never deadlock with
+    the agent writing a request, because unsent requests wait in `_out`.
+    """
+
+    def __init__(self, argv: Sequence[str], label: str):
         self.label = label
-        self.replies = replies
         self.outstanding = 0
         self.alive = True
         self._next_id = 0
@@ -63,45 +68,64 @@ class Channel:
         except OSError as exc:
             raise TargetError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
         assert self.process.stdin and self.process.stdout and self.process.stderr
-        self._stdin = self.process.stdin
-        self._stdout = self.process.stdout
+        self.in_fd = self.process.stdin.fileno()
+        self.out_fd = self.process.stdout.fileno()
+        os.set_blocking(self.in_fd, False)
+        os.set_blocking(self.out_fd, False)
+        self._out = bytearray(HELPER_SOURCE)
+        self._in = bytearray()
         threading.Thread(target=self._drain_stderr, name=f"{label}-stderr", daemon=True).start()
-        self._write_raw(HELPER_SOURCE)
-        threading.Thread(target=self._read_loop, name=f"{label}-reader", daemon=True).start()
+        self.flush()
 
     def send(self, op: str, *args: Any) -> int:
-        """Queue one request; its reply arrives on `replies` with the returned id."""
+        """Queue one request; its reply comes from `wait_for_replies` with the returned id."""
         self._next_id += 1
         ident = self._next_id
         payload = json.dumps([op, ident, *args], separators=(",", ":")).encode()
-        self._write_raw(_HEADER.pack(len(payload)) + payload)
+        self._out += _HEADER.pack(len(payload))
+        self._out += payload
         self.outstanding += 1
-        return ident
+        return ident  # written by the next wait_for_replies, with whatever else is queued
 
-    def _write_raw(self, data: bytes) -> None:
-        try:
-            self._stdin.write(data)
-            self._stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            self.alive = False
+    @property
+    def pending_output(self) -> bool:
+        return bool(self._out)
 
-    def _read_loop(self) -> None:
-        stream = self._stdout
-        while True:
-            header = stream.read(4)
-            if len(header) < 4:
-                break
-            (size,) = _HEADER.unpack(header)
-            payload = stream.read(size)
-            if len(payload) < size:
-                break
+    def flush(self) -> None:
+        while self._out and self.alive:
             try:
-                message = json.loads(payload)
-            except ValueError:
+                written = os.write(self.in_fd, self._out)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.alive = False  # the reader side sees the end of the stream next
+                return
+            del self._out[:written]
+
+    def read_available(self) -> list[Reply]:
+        try:
+            data = os.read(self.out_fd, 1 << 22)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.alive = False
+            return [Reply(self, None)]
+        buf = self._in
+        buf += data
+        replies = []
+        offset = 0
+        while len(buf) - offset >= 4:
+            (size,) = _HEADER.unpack_from(buf, offset)
+            if len(buf) - offset - 4 < size:
                 break
-            self.replies.put(Reply(self, message))
-        self.alive = False
-        self.replies.put(Reply(self, None))
+            message = json.loads(bytes(buf[offset + 4 : offset + 4 + size]))
+            replies.append(Reply(self, message))
+            offset += 4 + size
+        if offset:
+            del buf[:offset]
+        return replies
 
     def _drain_stderr(self) -> None:
         for line in self.process.stderr or ():
@@ -120,13 +144,42 @@ class Channel:
         return f"helper exited with status {code}" if code is not None else "connection lost"
 
     def close(self) -> None:
+        self.alive = False
         with contextlib.suppress(OSError):
-            self._stdin.close()
+            self.process.stdin.close()  # type: ignore[union-attr]
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()  # type: ignore[union-attr]
+
+
+def wait_for_replies(channels: Sequence[Channel], timeout: float) -> list[Reply]:
+    """Send what is queued and collect what has arrived, waiting at most `timeout` seconds."""
+    poller = select.poll()
+    owners: dict[int, tuple[Channel, bool]] = {}
+    for channel in channels:
+        channel.flush()
+    for channel in channels:
+        if not channel.alive and not channel.pending_output:
+            continue
+        poller.register(channel.out_fd, select.POLLIN)
+        owners[channel.out_fd] = (channel, False)
+        if channel.pending_output:
+            poller.register(channel.in_fd, select.POLLOUT)
+            owners[channel.in_fd] = (channel, True)
+    if not owners:
+        return []
+    replies: list[Reply] = []
+    for fd, _event in poller.poll(timeout * 1000):
+        channel, writable = owners[fd]
+        if writable:
+            channel.flush()
+        else:
+            replies.extend(channel.read_available())
+    return replies
 
 
 class Pool:
@@ -154,21 +207,22 @@ class Pool:
 def call(channel: Channel, op: str, *args: Any, timeout: float) -> Any:
     """A request answered before the pipeline starts (hello, root stat)."""
     ident = channel.send(op, *args)
+    deadline = time.monotonic() + timeout
     while True:
-        try:
-            reply = channel.replies.get(timeout=timeout)
-        except queue.Empty:
+        left = deadline - time.monotonic()
+        if left <= 0:
             channel.process.kill()
-            raise TargetError(f"{channel.label}: no answer within {timeout:g}s") from None
-        if reply.message is None:
-            raise TargetError(f"{channel.label}: {channel.failure()}")
-        channel.outstanding -= 1
-        status, reply_id = reply.message[0], reply.message[1]
-        if reply_id != ident:
-            continue
-        if status != "ok":
-            raise TargetError(f"{channel.label}: {reply.message[2]}")
-        return reply.message[2]
+            raise TargetError(f"{channel.label}: no answer within {timeout:g}s")
+        for reply in wait_for_replies([channel], min(left, 1.0)):
+            if reply.message is None:
+                raise TargetError(f"{channel.label}: {channel.failure()}")
+            channel.outstanding -= 1
+            status, reply_id = reply.message[0], reply.message[1]
+            if reply_id != ident:
+                continue
+            if status != "ok":
+                raise TargetError(f"{channel.label}: {reply.message[2]}")
+            return reply.message[2]
 
 
 def start_pool(
@@ -186,7 +240,7 @@ def start_pool(
     hello: dict[str, Any] = {}
     try:
         for index in range(max(1, workers)):
-            channel = Channel(argv, label, queue.Queue())
+            channel = Channel(argv, label)
             channels.append(channel)
             hello = call(
                 channel,

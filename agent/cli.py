@@ -6,6 +6,7 @@ could not be verified, 3 results queued but not delivered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,11 +20,11 @@ from typing import IO, Any
 
 import click
 
-from . import __version__
+from . import __version__, delivery, output
 from .config import AgentConfig, find_config, load_config, normalise_dir, render
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
-from .report import ReportWriter, escape
+from .report import ReportWriter
 from .verify import run_verification
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNDELIVERED = 0, 1, 2, 3
@@ -95,6 +96,18 @@ def _absolute(path: str) -> str:
 @click.option("--no-cache", is_flag=True, help="Hash every compared file, ignoring the cache.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Helpers per side (limits.workers).")
 @click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option(
+    "--endpoint",
+    envvar="SMSAGENT_ENDPOINT",
+    metavar="URL",
+    help="SMS endpoint (overrides endpoint; also $SMSAGENT_ENDPOINT).",
+)
+@click.option(
+    "--task-id",
+    envvar="SMSAGENT_TASK_ID",
+    metavar="ID",
+    help="SMS task ID (overrides task_id; also $SMSAGENT_TASK_ID).",
+)
 def verify(
     config_path: str | None,
     dirs: Sequence[str],
@@ -106,16 +119,21 @@ def verify(
     no_cache: bool,
     workers: int | None,
     state_dir: str | None,
+    endpoint: str | None,
+    task_id: str | None,
 ) -> None:
     """Compare directories with the migrated target and report the four counts."""
     started = time.monotonic()
     config = _load(config_path).with_overrides(
-        dirs=[_absolute(d) for d in dirs], target=target, exclude=exclude, state_dir=state_dir
-    )
+        dirs=[_absolute(d) for d in dirs], target=target, exclude=exclude, state_dir=state_dir,
+        endpoint=endpoint, task_id=task_id,
+    )  # fmt: skip
     if workers:
         config = replace(config, limits=replace(config.limits, workers=workers))
     report_file: IO[str] | None = None
-    if report_path:
+    if report_path == "-":
+        report_file = sys.stdout  # the table then goes to stderr
+    elif report_path:
         try:
             report_file = open(report_path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         except OSError as exc:
@@ -134,7 +152,7 @@ def verify(
     finally:
         if progress:
             progress.clear()
-        if report_file:
+        if report_file and report_file is not sys.stdout:
             report_file.close()
     for result in results:
         for field_name in result.clamped_fields():
@@ -143,112 +161,54 @@ def verify(
                 f"{MAX_COUNT:,} is sent, the true figure is in the local report",
                 err=True,
             )
-    upload_note = _upload_note(config, no_upload)
+    upload_note = _upload(config, results, no_upload)
     if as_json:
-        click.echo(json.dumps(_json_document(results, upload_note, started), ensure_ascii=False))
+        document = output.verify_document(results, upload_note, time.monotonic() - started)
+        click.echo(json.dumps(document, ensure_ascii=False))
     else:
-        _print_table(results, time.monotonic() - started)
+        for line in output.verify_table(results, time.monotonic() - started):
+            click.echo(line, err=report_path == "-")
         click.echo(upload_note["message"], err=True)
     for result in results:
         for note in result.notes[:10]:
             click.echo(f"smsagent: {result.dir_check}: {note}", err=True)
-    sys.exit(_exit_code(results))
+    sys.exit(_exit_code(results, undelivered=upload_note["pending"] > 0))
 
 
-def _upload_note(config: AgentConfig, no_upload: bool) -> dict[str, Any]:
+def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) -> dict[str, Any]:
+    """Queue the results in the outbox, then try once to deliver what is due."""
+    note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
-        return {"uploaded": False, "message": "Nothing uploaded (--no-upload)."}
+        return {**note, "message": "Nothing uploaded (--no-upload)."}
     if not config.endpoint or not config.task_id:
-        return {
-            "uploaded": False,
-            "message": "Nothing uploaded: no SMS endpoint and task_id are configured.",
-        }
-    return {"uploaded": False, "message": "Upload is not available in this version."}
+        missing = "endpoint" if not config.endpoint else "task_id"
+        # Still remembered for `smsagent status`, where the state directory is usable.
+        with contextlib.suppress(AgentError):
+            delivery.enqueue(config, results)
+        return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}
+    queued = delivery.enqueue(config, results)
+    if queued.reason:
+        return {**note, "message": f"Nothing uploaded: {queued.reason}."}
+    report = delivery.flush(config)
+    note.update(
+        uploaded=report.delivered > 0,
+        delivered=report.delivered,
+        pending=report.pending,
+        dead=report.dead,
+        message=output.flush_message(report, config.task_id),
+    )
+    return note
 
 
-def _exit_code(results: Sequence[DirResult]) -> int:
+def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
+    """2 beats 3 beats 1: an undelivered result needs attention even when files differ."""
     if any(r.error for r in results):
         return EXIT_USAGE
+    if undelivered:
+        return EXIT_UNDELIVERED
     if any(not r.counts.consistent for r in results):
         return EXIT_DIFFERENT
     return EXIT_OK
-
-
-def _json_document(
-    results: Sequence[DirResult], upload: dict[str, Any], started: float
-) -> dict[str, Any]:
-    return {
-        "consistency_result": [r.entry().to_api() for r in results if r.uploadable],
-        "directories": [_json_result(r) for r in results],
-        "consistent": all(r.uploadable and r.counts.consistent for r in results),
-        "upload": upload,
-        "elapsed_seconds": round(time.monotonic() - started, 3),
-    }
-
-
-def _json_result(r: DirResult) -> dict[str, Any]:
-    c = r.counts
-    return {
-        "dir_check": r.dir_check,
-        "target": escape(r.target),
-        "num_total_files": c.total,
-        "num_identical_files": c.identical,
-        "num_different_files": c.different,
-        "num_target_miss_files": c.missing,
-        "num_target_more_files": c.more,
-        "num_error_files": c.errors,
-        "num_skipped_special": c.skipped_special,
-        "files_hashed": c.files_hashed,
-        "bytes_hashed": c.bytes_hashed,
-        "cache_hits": c.cache_hits,
-        "hash_algorithm": r.hash_algorithm,
-        "elapsed_seconds": round(r.elapsed, 3),
-        "error": r.error,
-        "error_samples": list(r.notes),
-        "clamped_fields": r.clamped_fields(),
-    }
-
-
-def _print_table(results: Sequence[DirResult], elapsed: float) -> None:
-    headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "ERRORS", "HASHED", "TIME")
-    rows = []
-    for r in results:
-        c = r.counts
-        if r.error:
-            rows.append((escape(r.dir_check), "-", "-", "-", "-", "-", "-", f"{r.elapsed:.1f}s"))
-            continue
-        rows.append((
-            escape(r.dir_check), f"{c.total:,}", f"{c.different:,}", f"{c.missing:,}",
-            f"{c.more:,}", f"{c.errors:,}", _human_bytes(c.bytes_hashed), f"{r.elapsed:.1f}s",
-        ))  # fmt: skip
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
-                     for i, h in enumerate(headers))  # fmt: skip
-    click.echo(line)
-    for row in rows:
-        click.echo("  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
-                             for i, v in enumerate(row)))  # fmt: skip
-    for r in results:
-        if r.error:
-            click.echo(f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}")
-    total_bytes = sum(r.counts.bytes_hashed for r in results)
-    verdict = (
-        "some directories could not be verified"
-        if any(r.error for r in results)
-        else "consistent"
-        if all(r.counts.consistent for r in results)
-        else "differences found"
-    )
-    click.echo(f"{verdict}; {_human_bytes(total_bytes)} hashed in {elapsed:.1f}s")
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
 
 
 class _Progress:
@@ -264,11 +224,7 @@ class _Progress:
         if now - self.last < 0.2:
             return
         self.last = now
-        rate = nbytes / max(now - self.started, 1e-6)
-        text = (
-            f"{escape(dir_check)}: {files:,} files, {_human_bytes(nbytes)} hashed, "
-            f"{_human_bytes(int(rate))}/s"
-        )
+        text = output.progress_line(dir_check, files, nbytes, now - self.started)
         sys.stderr.write("\r\x1b[K" + text[:200])
         sys.stderr.flush()
         self.shown = True
@@ -313,6 +269,47 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
     finally:
         cache.close()
     click.echo(f"Cleared {dropped:,} cached digests from {cache.path}.")
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0,
+    metavar="SECONDS",
+    help="Keep retrying with backoff for up to SECONDS until everything is delivered.",
+)
+def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
+    """Deliver the queued results now, ignoring their backoff; exit 3 if some stay queued."""
+    config = _load(config_path).with_overrides(state_dir=state_dir)
+    deadline = time.time() + wait if wait else None
+    report = delivery.flush(config, deadline=deadline, force=True)
+    message = output.flush_message(report, config.task_id)
+    click.echo(message, err=report.pending > 0)
+    sys.exit(EXIT_UNDELIVERED if report.pending else EXIT_OK)
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="Configuration file.")
+@click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
+@click.option("--remote", is_flag=True, help="Also read back what SMS holds for the task.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def status(config_path: str | None, state_dir: str | None, remote: bool, as_json: bool) -> None:
+    """Show the last result per directory and what is pending or dead-lettered."""
+    config = _load(config_path).with_overrides(state_dir=state_dir)
+    local = delivery.status(config)
+    if as_json:
+        remote_results = delivery.remote_status(config) if remote else None
+        document = output.status_document(local, remote_results)
+        click.echo(json.dumps(document, ensure_ascii=False))
+        return
+    for line in output.status_lines(local):  # first: still useful when SMS cannot be reached
+        click.echo(line)
+    if remote:
+        for line in output.remote_lines(config.task_id, delivery.remote_status(config)):
+            click.echo(line)
 
 
 @main.command()

@@ -32,6 +32,9 @@ def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None =
     """Walk both sorted listings at once; `target_unreadable` marks a target that could not
     be listed here, so source files are errors, not missing."""
     out = Merged()
+    if not target_unreadable and len(src) == len(tgt) and _same_names(src, tgt):
+        _merge_aligned(out, src, tgt)
+        return out
     i = j = 0
     ns, nt = len(src), len(tgt)
     while i < ns or j < nt:
@@ -46,6 +49,20 @@ def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None =
             i += 1
             j += 1
     return out
+
+
+def _same_names(src: list[Entry], tgt: list[Entry]) -> bool:
+    return all(s[NAME] == t[NAME] for s, t in zip(src, tgt, strict=True))
+
+
+def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:
+    """The common case of a migrated copy: the same names on both sides."""
+    to_hash = out.to_hash
+    for s, t in zip(src, tgt, strict=True):
+        if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE] and s[SIZE]:
+            to_hash.append((s, t))
+        else:
+            _both(out, s, t)
 
 
 def _source_only(out: Merged, s: Entry, target_unreadable: str | None) -> None:
@@ -116,6 +133,8 @@ def _both(out: Merged, s: Entry, t: Entry) -> None:
         out.verdicts.append((Verdict.IDENTICAL if same else Verdict.DIFFERENT, s[NAME], None))
     elif s[SIZE] != t[SIZE]:
         out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
+    elif s[SIZE] == 0:
+        out.verdicts.append((Verdict.IDENTICAL, s[NAME], None))  # nothing to read
     else:
         out.to_hash.append((s, t))
 

@@ -632,6 +632,18 @@ def _cache(r: _Reader, value: Any) -> CacheConfig:
 
 def _check_endpoint(r: _Reader, config: AgentConfig) -> None:
     """A token never travels over plain HTTP, except to this machine or when explicitly allowed."""
+    iam = config.auth.iam
+    if iam is not None and iam.endpoint:
+        parts = urlsplit(iam.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.error("auth.iam.endpoint", f"must be an https:// URL, not {iam.endpoint!r}")
+        elif (
+            parts.scheme == "http"
+            and not config.allow_insecure_http
+            and not is_loopback(parts.hostname)
+        ):
+            r.error("auth.iam.endpoint", f"{iam.endpoint} is plain HTTP: the password "
+                    "would travel unencrypted; use https://")  # fmt: skip
     if not config.endpoint:
         return
     parts = urlsplit(config.endpoint)

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,6 +18,7 @@ from .outbox import Counts, LastResult, Outbox, Pending
 from .upload import (
     Disposition,
     RemoteResult,
+    SmsClient,
     backoff_delay,
     disposition,
     open_client,
@@ -111,19 +112,17 @@ def flush(
     `force` tries everything once now, ignoring stored backoff (an operator's `smsagent flush`).
     """
     stop = stop_event or threading.Event()
-    delivered = requests_sent = dead = 0
-    errors: list[str] = []
     with Outbox(config.state_dir, clock) as box:
-        expired = box.expire(config.upload.max_age)
-        dead += len(expired)
-        if expired:
+        dead = len(box.expire(config.upload.max_age))
+        if dead:
             log.error("%d result(s) pending longer than upload.max_age moved to dead letters",
-                      len(expired))  # fmt: skip
+                      dead)  # fmt: skip
+        tally = _Tally(dead=dead)
         if not box.pending():
-            return _report(box, delivered, requests_sent, dead, errors)
+            return _report(box, tally)
         if not config.endpoint:
-            errors.append("endpoint is not configured: nothing was uploaded")
-            return _report(box, delivered, requests_sent, dead, errors)
+            tally.errors.append("endpoint is not configured: nothing was uploaded")
+            return _report(box, tally)
         client = open_client(config, session)
         while not stop.is_set():
             due = box.due(float("inf") if force else None)
@@ -136,42 +135,70 @@ def flush(
                 continue
             for task_id, group in groupby(due, key=lambda p: p.task_id):
                 for batch in batches(list(group), key=lambda p: p.entry.dir_check):
-                    if stop.is_set():
-                        break
-                    batch = _drop_invalid(box, task_id, batch)
-                    if not batch:
-                        continue
-                    try:
-                        requests_sent += 1
-                        client.post_results(task_id, [p.entry for p in batch])
-                    except (UploadError, ValidationError) as exc:
-                        status = getattr(exc, "status", None)
-                        kind = disposition(status)
-                        if isinstance(exc, AuthError | ValidationError) and kind is not kind.RETRY:
-                            kind = Disposition.SLOW  # never drop results over credentials
-                        errors.append(str(exc))
-                        if kind is Disposition.PERMANENT:
-                            dead += box.kill(task_id, batch, "rejected", status,
-                                             exc.error_code, exc.error_msg)  # type: ignore[union-attr]  # fmt: skip
-                            log.error("%d result(s) moved to dead letters: %s", len(batch), exc)
-                            continue
-                        attempts = max(p.attempts for p in batch) + 1
-                        if kind is Disposition.SLOW:
-                            delay = config.upload.backoff_max
-                        else:
-                            delay = backoff_delay(attempts, cap=config.upload.backoff_max,
-                                                  retry_after=getattr(exc, "retry_after", None),
-                                                  rand=rand)  # fmt: skip
-                        box.defer(task_id, batch, clock() + delay, str(exc))
-                        log.warning("upload failed (try %d), next try in %.1fs: %s",
-                                    attempts, delay, exc)  # fmt: skip
-                        break  # the rest of this task waits with it
-                    else:
-                        delivered += box.delivered(task_id, batch)
-                        log.info("delivered %d result(s) to task %s", len(batch), task_id)
+                    if stop.is_set() or not _send(box, client, config, task_id, batch, tally,
+                                                  clock, rand):  # fmt: skip
+                        break  # the rest of this task waits with the failed batch
             if deadline is None or clock() >= deadline:
                 break
-        return _report(box, delivered, requests_sent, dead, errors)
+        return _report(box, tally)
+
+
+@dataclass(slots=True)
+class _Tally:
+    delivered: int = 0
+    requests: int = 0
+    dead: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _send(
+    box: Outbox,
+    client: SmsClient,
+    config: AgentConfig,
+    task_id: str,
+    batch: list[Pending],
+    tally: _Tally,
+    clock: Callable[[], float],
+    rand: Callable[[], float],
+) -> bool:
+    """POST one batch and record the outcome; False when the task's other batches must wait."""
+    batch = _drop_invalid(box, task_id, batch)
+    if not batch:
+        return True
+    tally.requests += 1
+    try:
+        client.post_results(task_id, [p.entry for p in batch])
+    except (UploadError, ValidationError) as exc:
+        kind = classify(exc)
+        tally.errors.append(str(exc))
+        if kind is Disposition.PERMANENT and isinstance(exc, UploadError):
+            tally.dead += box.kill(task_id, batch, "rejected", exc.status, exc.error_code,
+                                   exc.error_msg)  # fmt: skip
+            log.error("%d result(s) moved to dead letters: %s", len(batch), exc)
+            return True
+        attempts = max(p.attempts for p in batch) + 1
+        if kind is Disposition.SLOW:
+            delay = config.upload.backoff_max
+        else:
+            retry_after = exc.retry_after if isinstance(exc, UploadError) else None
+            delay = backoff_delay(attempts, cap=config.upload.backoff_max,
+                                  retry_after=retry_after, rand=rand)  # fmt: skip
+        box.defer(task_id, batch, clock() + delay, str(exc))
+        log.warning("upload failed (try %d), next try in %.3gs: %s", attempts, delay, exc)
+        return False
+    tally.delivered += box.delivered(task_id, batch)
+    log.info("delivered %d result(s) to task %s", len(batch), task_id)
+    return True
+
+
+def classify(exc: UploadError | ValidationError) -> Disposition:
+    """Like `disposition`, but credentials and local limits are never a reason to drop results."""
+    if isinstance(exc, ValidationError):
+        return Disposition.SLOW  # e.g. an oversized token: the operator must fix it
+    kind = disposition(exc.status)
+    if isinstance(exc, AuthError) and (exc.status is None or kind is Disposition.PERMANENT):
+        return Disposition.SLOW  # no token configured, IAM refusing the login, ...
+    return kind
 
 
 def _drop_invalid(box: Outbox, task_id: str, batch: list[Pending]) -> list[Pending]:
@@ -188,17 +215,15 @@ def _drop_invalid(box: Outbox, task_id: str, batch: list[Pending]) -> list[Pendi
     return valid
 
 
-def _report(
-    box: Outbox, delivered: int, requests_sent: int, dead: int, errors: list[str]
-) -> FlushReport:
+def _report(box: Outbox, tally: _Tally) -> FlushReport:
     counts = box.counts()
     return FlushReport(
-        delivered=delivered,
-        requests=requests_sent,
-        dead=dead,
+        delivered=tally.delivered,
+        requests=tally.requests,
+        dead=tally.dead,
         pending=counts.pending,
         next_try=counts.next_try,
-        errors=tuple(errors),
+        errors=tuple(tally.errors),
     )
 
 

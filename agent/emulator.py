@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -92,6 +93,7 @@ class Emulator:
         iam_domain: str | None = None,
         token_ttl: float = 86400.0,
         result_format: str = "objects",
+        ssl_context: ssl.SSLContext | None = None,
     ):
         if not is_loopback(host):
             raise ValueError(f"the emulator only listens on loopback, not {host}")
@@ -108,16 +110,23 @@ class Emulator:
         handler = type("Handler", (_Handler,), {"state": self._state})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if ssl_context is not None:  # HTTPS, to test certificate checks and tls.ca_bundle
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def start(self) -> Emulator:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sms-emulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # a prompt stop() keeps tests fast
+            name="sms-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self

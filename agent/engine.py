@@ -13,11 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from queue import Empty, Queue
 from typing import Any
 
-from .cache import HashCache, Key
-from .channel import Channel, Pool, Reply, call
+from .cache import DirEntries, HashCache
+from .channel import Channel, Pool, Reply, call, wait_for_replies
 from .compare import CTIME, DEV, INO, KIND, MTIME, NAME, SIZE, Entry, judge_digests, merge
 from .errors import AgentError, TargetError
 from .excludes import ExcludeRules
@@ -99,6 +98,10 @@ class _Task:
     pairs: list[tuple[Entry, Entry]] = field(default_factory=list)
     src_digests: list[Any] = field(default_factory=list)  # per pair: (digest, error)
     tgt_digests: list[Any] = field(default_factory=list)
+    # The hash cache's entries for this directory on each side: as loaded, and as they
+    # should be saved once every digest is in.
+    cache_old: dict[str, DirEntries] = field(default_factory=dict)
+    cache_new: dict[str, DirEntries] = field(default_factory=dict)
 
 
 class Engine:
@@ -122,11 +125,9 @@ class Engine:
         self.progress = progress
         self.stop = stop or threading.Event()
         self.one_file_system = one_file_system
-        self.replies: Queue[Reply] = Queue()
+        self.channels = source.channels + target.channels
         self.files_done = 0
         self.bytes_done = 0
-        for channel in source.channels + target.channels:
-            channel.replies = self.replies
 
     # --- one directory ----------------------------------------------------------------
 
@@ -198,6 +199,7 @@ class _Run:
         self.stack: list[_Task] = []
         self.open = 0
         self.inflight: dict[tuple[Channel, int], tuple[_Task, str, str, list[int]]] = {}
+        self.last_reply = time.monotonic()
 
     def loop(self) -> None:
         e = self.e
@@ -209,19 +211,20 @@ class _Run:
                 self._start(self.stack.pop())
             if not self.inflight:
                 continue
-            try:
-                reply = e.replies.get(timeout=min(REPLY_TIMEOUT, 0.5))
-            except Empty:
-                continue
-            self._handle(reply)
+            replies = wait_for_replies(e.channels, 0.5)
+            if replies:
+                self.last_reply = time.monotonic()
+            elif time.monotonic() - self.last_reply > REPLY_TIMEOUT:
+                raise TargetError(f"no answer from the helpers for {REPLY_TIMEOUT:g}s")
+            for reply in replies:
+                self._handle(reply)
 
     def _room_to_list(self) -> bool:
         return min(c.outstanding for c in self.e.source.channels) < LIST_AHEAD
 
     def _abandon(self) -> None:
-        # Replies still on their way belong to no directory any more; drop them as they come.
-        for channel, _ in self.inflight:
-            channel.outstanding = 0
+        # Replies still on their way belong to no directory any more; they are dropped as
+        # they come (and still counted off their channel's `outstanding`).
         self.inflight.clear()
 
     def _path(self, side: str, rel: bytes) -> str:
@@ -329,21 +332,43 @@ class _Run:
 
     def _request_digests(self, task: _Task, pairs: list[tuple[Entry, Entry]]) -> None:
         task.pairs = pairs
-        src_known = self._cached(self.e.source, [s for s, _ in pairs])
-        tgt_known = self._cached(self.e.target, [t for _, t in pairs])
-        task.src_digests = [(d, None) for d in src_known]
-        task.tgt_digests = [(d, None) for d in tgt_known]
-        for side, known in (("src", src_known), ("tgt", tgt_known)):
+        for side in ("src", "tgt"):
+            known = self._cached(task, side)
+            digests = [(d, None) for d in known]
+            if side == "src":
+                task.src_digests = digests
+            else:
+                task.tgt_digests = digests
             wanted = [i for i, digest in enumerate(known) if digest is None]
             self._send_hash_chunks(task, side, wanted)
 
-    def _cached(self, pool: Pool, entries: list[Entry]) -> list[str | None]:
+    def _cached(self, task: _Task, side: str) -> list[str | None]:
+        """Digests the cache still vouches for, per pair (None: must be read)."""
         cache = self.e.cache
         if cache is None:
-            return [None] * len(entries)
-        keys: list[Key] = [(e[DEV], e[INO], e[SIZE], e[MTIME], e[CTIME]) for e in entries]
-        found = cache.lookup(pool.scope, pool.algorithm, keys)
-        self.tally.cache_hits += sum(1 for d in found if d is not None)
+            return [None] * len(task.pairs)
+        column = 0 if side == "src" else 1
+        pool = self.e.source if side == "src" else self.e.target
+        dev = task.pairs[0][column][DEV]
+        old = cache.load(pool.scope, self._path(side, task.rel).encode("latin-1"), dev,
+                         pool.algorithm)  # fmt: skip
+        new: DirEntries = {}
+        task.cache_old[side], task.cache_new[side] = old, new
+        found: list[str | None] = []
+        for pair in task.pairs:
+            entry = pair[column]
+            hit = old.get(entry[INO])
+            if (
+                hit is not None
+                and hit[0] == entry[SIZE]
+                and hit[1] == entry[MTIME]
+                and (hit[2] == entry[CTIME])
+            ):
+                new[entry[INO]] = hit
+                found.append(hit[3])
+            else:
+                found.append(None)
+        self.tally.cache_hits += len(found) - found.count(None)
         return found
 
     def _send_hash_chunks(self, task: _Task, side: str, wanted: list[int]) -> None:
@@ -363,41 +388,67 @@ class _Run:
 
     def _send_hash(self, task: _Task, side: str, path: str, indexes: list[int]) -> None:
         column = 0 if side == "src" else 1
-        files = []
-        for i in indexes:
-            entry = task.pairs[i][column]
-            files.append([entry[NAME], entry[SIZE], entry[MTIME]])
-        self._send(task, side, "hash", indexes, path, files)
+        entries = [task.pairs[i][column] for i in indexes]
+        names = [e[NAME] for e in entries]
+        sizes = [e[SIZE] for e in entries]
+        mtimes = [e[MTIME] for e in entries]
+        want_stats = self.e.cache is not None
+        self._send(task, side, "hash", indexes, path, names, sizes, mtimes, want_stats)
 
     def _hashed(self, task: _Task, side: str, message: list[Any], indexes: list[int]) -> None:
-        column = 0 if side == "src" else 1
         digests = task.src_digests if side == "src" else task.tgt_digests
         if message[0] != "ok":
             for i in indexes:
                 digests[i] = (None, str(message[2]))
             return
-        results, nbytes = message[2], message[3]
-        pool = self.e.source if side == "src" else self.e.target
-        to_cache: list[tuple[Key, str]] = []
-        for i, (digest, error, cacheable, ino, size, mtime, ctime) in zip(
-            indexes, results, strict=True
-        ):
-            digests[i] = (digest, error)
-            if cacheable and digest is not None:
-                to_cache.append(((task.pairs[i][column][DEV], ino, size, mtime, ctime), digest))
+        found, errors, stats, nbytes = message[2], message[3], message[4], message[5]
+        for i, digest in zip(indexes, found, strict=True):
+            digests[i] = (digest, None)
+        for position, reason in errors.items():
+            digests[indexes[int(position)]] = (None, reason)
         self.tally.bytes_hashed += nbytes
         self.tally.files_hashed += len(indexes)
         self.e.bytes_done += nbytes
-        if to_cache and self.e.cache is not None:
-            self.e.cache.store(pool.scope, pool.algorithm, to_cache)
+        if stats and self.e.cache is not None:
+            self._remember(task, side, indexes, found, stats)
+
+    def _remember(
+        self, task: _Task, side: str, indexes: list[int], found: list[Any], stats: list[Any]
+    ) -> None:
+        new = task.cache_new.get(side)
+        if new is None:
+            return
+        for digest, st in zip(found, stats, strict=True):
+            if digest is not None and st is not None and st[4]:  # not modified too recently
+                new[st[0]] = [st[1], st[2], st[3], digest]
+
+    def _save_cache(self, task: _Task) -> None:
+        cache = self.e.cache
+        assert cache is not None
+        for side, new in task.cache_new.items():
+            if new != task.cache_old.get(side):
+                column = 0 if side == "src" else 1
+                pool = self.e.source if side == "src" else self.e.target
+                path = self._path(side, task.rel).encode("latin-1")
+                cache.save(pool.scope, path, task.pairs[0][column][DEV], pool.algorithm, new)
+        task.cache_old, task.cache_new = {}, {}
 
     def _settle(self, task: _Task) -> None:
         prefix = task.rel + b"/" if task.rel else b""
+        quiet = self.e.report is None
+        tally = self.tally
         for (s, _), (sd, se), (td, te) in zip(
             task.pairs, task.src_digests, task.tgt_digests, strict=True
         ):
+            if quiet and se is None and te is None and sd == td:
+                tally.identical += 1  # the common case, kept cheap
+                tally.total += 1
+                continue
             verdict, reason = judge_digests(sd, se, td, te)
             self._verdict(verdict, prefix + s[NAME].encode("latin-1"), reason)
+        self.e.files_done += len(task.pairs)
+        if task.cache_new:
+            self._save_cache(task)
         task.pairs, task.src_digests, task.tgt_digests = [], [], []
         self.open -= 1
         if self.e.progress is not None:
@@ -409,6 +460,5 @@ class _Run:
             self.tally.errors += 1
         if reason and len(self.tally.samples) < MAX_ERROR_SAMPLES:
             self.tally.samples.append(f"{escape(rel)}: {reason}")
-        self.e.files_done += 1
         if self.e.report is not None:
             self.e.report(self.dir_check, verdict, rel, reason)

@@ -31,7 +31,9 @@ PSEUDO_FS = {
 }  # fmt: skip
 _HEADER = struct.Struct(">I")
 _NOATIME = getattr(os, "O_NOATIME", 0)
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 def read_frame(stream):
@@ -239,91 +241,87 @@ class Worker:
         [name, kind, size, mtime, ctime, ino, dev, link]."""
         folder = from_wire(path)
         entries = []
+        append = entries.append
+        # The loop is written out in full: it runs once per file of the tree.
         with os.scandir(folder) as it:
             for entry in it:
-                entries.append(self._describe(folder, entry))
-        entries.sort(key=lambda item: item[0])
+                name = entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    append(_unstatable(name, exc))
+                    continue
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    kind, link = "f", None
+                elif stat.S_ISDIR(mode):
+                    link = None
+                    kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
+                elif stat.S_ISLNK(mode):
+                    kind, link = _read_link(folder, name)
+                else:
+                    kind, link = "s", None
+                append([name.decode("latin-1"), kind, st.st_size, st.st_mtime_ns,
+                        st.st_ctime_ns, st.st_ino, st.st_dev, link])  # fmt: skip
+        entries.sort()  # names are unique, so this orders by name alone
         return entries
 
-    def _describe(self, folder, entry):
-        name = entry.name
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
-            return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
-        mode = st.st_mode
-        link = None
-        if stat.S_ISREG(mode):
-            kind = "f"
-        elif stat.S_ISDIR(mode):
-            kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
-        elif stat.S_ISLNK(mode):
-            kind = "l"
-            try:
-                link = to_wire(os.readlink(os.path.join(folder, name)))
-            except OSError as exc:
-                kind, link = "e", "cannot read link: " + os.strerror(exc.errno or 0)
-        else:
-            kind = "s"
-        return [to_wire(name), kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                st.st_dev, link]  # fmt: skip
-
-    def hash_files(self, path, files):
-        """Digest each [name, size, mtime] of one directory: [digest, error, cacheable, ino,
-        size, mtime, ctime] per file, and the bytes read."""
+    def hash_files(self, path, names, sizes, mtimes, want_stats):
+        """Digest the named files of one directory, each expected at the size and mtime the
+        listing saw. Returns digests (None where it failed), {index: reason}, the stats of
+        what was hashed as [ino, size, mtime, ctime, cacheable] when asked, and bytes read."""
         if self.hasher is None:
             raise OSError(errno.ENOTSUP, "no hash algorithm was agreed")
         folder = from_wire(path)
-        results = []
+        count = len(names)
+        digests = [None] * count
+        errors = {}
+        stats = []
         total = 0
         try:
             dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
             reason = "cannot open directory: " + os.strerror(exc.errno or 0)
-            return [[None, reason, False, 0, 0, 0, 0] for _ in files], 0
+            return digests, dict((str(i), reason) for i in range(count)), [], 0
+        digest_fd = self.hasher.digest_fd
+        now = time.time()
         try:
-            for name, size, mtime in files:
-                result, nbytes = self._hash_one(dir_fd, from_wire(name), size, mtime)
-                results.append(result)
+            for i in range(count):
+                try:
+                    fd = _open_at(dir_fd, from_wire(names[i]))
+                except OSError as exc:
+                    errors[str(i)] = _open_error(exc)
+                    if want_stats:
+                        stats.append(None)
+                    continue
+                try:
+                    # O_NONBLOCK at open: a file replaced by a FIFO must not hang the read.
+                    digest, nbytes = digest_fd(fd, sizes[i])
+                    after = os.fstat(fd)
+                except OSError as exc:
+                    errors[str(i)] = "read error: " + os.strerror(exc.errno or 0)
+                    if want_stats:
+                        stats.append(None)
+                    continue
+                finally:
+                    os.close(fd)
                 total += nbytes
+                # The listing's lstat is the "before"; this fstat is the "after".
+                if not stat.S_ISREG(after.st_mode):
+                    errors[str(i)] = "is no longer a regular file"
+                elif after.st_size != nbytes:
+                    errors[str(i)] = "changed while being read"
+                elif after.st_size != sizes[i] or after.st_mtime_ns != mtimes[i]:
+                    errors[str(i)] = "changed during verification"
+                else:
+                    digests[i] = digest
+                if want_stats:
+                    newest = max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
+                    stats.append([after.st_ino, after.st_size, after.st_mtime_ns,
+                                  after.st_ctime_ns, now - newest > RACY_SECONDS])  # fmt: skip
         finally:
             os.close(dir_fd)
-        return results, total
-
-    def _hash_one(self, dir_fd, name, size, mtime):
-        try:
-            fd = _open_at(dir_fd, name)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return [None, "vanished before it was read", False, 0, 0, 0, 0], 0
-            if exc.errno == errno.ELOOP:
-                return [None, "became a symbolic link", False, 0, 0, 0, 0], 0
-            return [None, "cannot open: " + os.strerror(exc.errno or 0), False, 0, 0, 0, 0], 0
-        try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                return [None, "is no longer a regular file", False, 0, 0, 0, 0], 0
-            digest, nbytes = self.hasher.digest_fd(fd, before.st_size)
-            after = os.fstat(fd)
-        except OSError as exc:
-            return [None, "read error: " + os.strerror(exc.errno or 0), False, 0, 0, 0, 0], 0
-        finally:
-            os.close(fd)
-        changed = (
-            after.st_size != before.st_size
-            or after.st_mtime_ns != before.st_mtime_ns
-            or nbytes != after.st_size
-        )
-        if changed:
-            return [None, "changed while being read", False, 0, 0, 0, 0], nbytes
-        if before.st_size != size or before.st_mtime_ns != mtime:
-            return [None, "changed during verification", False, 0, 0, 0, 0], nbytes
-        newest = max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
-        cacheable = time.time() - newest > RACY_SECONDS
-        return [digest, None, cacheable, after.st_ino, after.st_size, after.st_mtime_ns,
-                after.st_ctime_ns], nbytes  # fmt: skip
+        return digests, errors, stats, total
 
     def handle(self, message):
         op, ident = message[0], message[1]
@@ -335,11 +333,32 @@ class Worker:
             if op == "list":
                 return ["ok", ident, self.list_dir(message[2])]
             if op == "hash":
-                results, total = self.hash_files(message[2], message[3])
-                return ["ok", ident, results, total]
+                digests, errors, stats, total = self.hash_files(*message[2:7])
+                return ["ok", ident, digests, errors, stats, total]
             return ["err", ident, "unknown request %r" % (op,)]
         except OSError as exc:
             return ["err", ident, os.strerror(exc.errno) if exc.errno else str(exc)]
+
+
+def _unstatable(name, exc):
+    if exc.errno == errno.ENOENT:
+        return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
+    return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
+
+
+def _read_link(folder, name):
+    try:
+        return "l", to_wire(os.readlink(os.path.join(folder, name)))
+    except OSError as exc:
+        return "e", "cannot read link: " + os.strerror(exc.errno or 0)
+
+
+def _open_error(exc):
+    if exc.errno == errno.ENOENT:
+        return "vanished before it was read"
+    if exc.errno == errno.ELOOP:
+        return "became a symbolic link"
+    return "cannot open: " + os.strerror(exc.errno or 0)
 
 
 def _open_at(dir_fd, name):

@@ -12,8 +12,8 @@ _NAMED = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x5C: "\\\\"}
 
 def escape(name: bytes | str) -> str:
     """A file name as text: valid UTF-8 stays readable, control characters and invalid bytes
-    become backslash escapes (`\\n`, `\\xff`), and a backslash is doubled, so the text is
-    unambiguous and fits on one line."""
+    become backslash escapes (`\\n`, `\\u0085`; `\\xff` only for a byte that is not UTF-8),
+    and a backslash is doubled, so the text is unambiguous and fits on one line."""
     if isinstance(name, str):
         name = os.fsencode(name)
     text = name.decode("utf-8", "surrogateescape")
@@ -27,7 +27,8 @@ def escape(name: bytes | str) -> str:
         elif code in _NAMED:
             out.append(_NAMED[code])
         elif not ch.isprintable():
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            # \\u and \\U for characters, so \\x always means a raw byte.
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:
             out.append(ch)
     return "".join(out)

@@ -130,10 +130,19 @@ def validate_entry(entry: ConsistencyEntry) -> None:
 
 def make_session(ca_bundle: Path | None = None) -> requests.Session:
     """One session per client: TLS verified (optionally against a CA bundle), proxies from env."""
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise ConfigError(f"{ca_bundle} is not a readable file", key="tls.ca_bundle")
     session = requests.Session()
     session.verify = str(ca_bundle) if ca_bundle else True
     session.headers["User-Agent"] = USER_AGENT
+    # A no-op auth hook: without it requests would read ~/.netrc and could replace the
+    # signed Authorization header with Basic credentials. Proxies still come from the env.
+    session.auth = _no_netrc
     return session
+
+
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +267,9 @@ class SmsClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                # Per call, because requests lets $REQUESTS_CA_BUNDLE override the session's
+                # `verify`, which would ignore tls.ca_bundle; with verify=True the env applies.
+                verify=self._session.verify,
             )
         except requests.exceptions.SSLError as exc:
             raise UploadError(
@@ -293,13 +305,10 @@ class SmsClient:
                 **kwargs,
             )
         if status == 401:
-            hint = (
-                "check auth.ak, auth.sk_file and the clock"
-                if "AK/SK" in self._credentials.describe()
-                else "it is expired or invalid; replace it (it is read again before the next try)"
-            )
+            creds = self._credentials
             return AuthError(
-                f"SMS rejected {self._credentials.describe()} (401 {detail}): {hint}", **kwargs
+                f"SMS rejected {creds.describe()} (401 {detail}): {creds.rejected_hint()}",
+                **kwargs,
             )
         if status == 403:
             params = "; ".join(fields.get("error_param") or ())
@@ -334,6 +343,7 @@ def iam_login(
             headers={"Content-Type": CONTENT_TYPE},
             timeout=timeout,
             allow_redirects=False,
+            verify=session.verify,
         )
     except requests.exceptions.RequestException as exc:
         # `from None`: the request object in the chain holds the password body. A network

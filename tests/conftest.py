@@ -1,17 +1,86 @@
-"""Shared fixtures: every test must leave no thread of its own behind."""
+"""Shared fixtures: real trees on disk, the installed `smsagent` command, and a leak check."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 
-@pytest.fixture(autouse=True)
+def smsagent_command() -> list[str]:
+    """The installed console script, as a user would run it."""
+    beside = Path(sys.executable).with_name("smsagent")
+    found = str(beside) if beside.exists() else shutil.which("smsagent")
+    if not found:
+        pytest.fail("the smsagent command is not installed: run `pip install .` first")
+    return [found]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `smsagent ARGS` in a clean environment (no system config, a private state dir)."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")}
+        environ["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
+        environ.pop("STATE_DIRECTORY", None)
+        environ.pop("CREDENTIALS_DIRECTORY", None)
+        environ.update(env or {})
+        return subprocess.run(
+            [*smsagent_command(), *args],
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            env=environ,
+            timeout=timeout,
+            cwd=cwd or tmp_path,
+        )
+
+    return run
+
+
+def write_tree(root: Path | bytes, spec: dict[bytes | str, object]) -> None:
+    """Create files from a mapping: bytes/str content is a file, ("link", target) a symlink,
+    ("dir",) an empty directory, ("fifo",) a FIFO. Keys are relative paths (bytes allowed)."""
+    base = os.fsencode(root)
+    os.makedirs(base, exist_ok=True)
+    for rel, content in spec.items():
+        path = os.path.join(base, os.fsencode(rel))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(content, tuple):
+            if content[0] == "link":
+                os.symlink(os.fsencode(content[1]), path)
+            elif content[0] == "dir":
+                os.makedirs(path, exist_ok=True)
+            elif content[0] == "fifo":
+                os.mkfifo(path)
+            else:
+                raise ValueError(content)
+        else:
+            data = content.encode() if isinstance(content, str) else content
+            with open(path, "wb") as handle:
+                handle.write(data)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_tree() -> Callable[[Path | bytes, dict], None]:
+    return write_tree
+
+
+@pytest.fixture
 def no_leaked_threads() -> Iterator[None]:
-    """Fails a test that leaves a thread running (as watchdog's own conftest does)."""
+    """Fails a test that leaves a thread running (as watchdog's own conftest does).
+
+    Used by the daemon's modules: `pytestmark = pytest.mark.usefixtures("no_leaked_threads")`.
+    """
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5

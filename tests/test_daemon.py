@@ -19,6 +19,8 @@ import yaml
 from agent.emulator import Emulator
 from agent.outbox import Outbox
 
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
 
 def smsagent() -> str:
     beside = Path(sys.executable).parent / "smsagent"

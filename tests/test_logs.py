@@ -13,6 +13,8 @@ import pytest
 from agent.logs import setup_logging, stderr_is_journal
 from agent.secret import Secret
 
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
 
 @pytest.fixture
 def restore_root() -> Iterator[None]:

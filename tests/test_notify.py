@@ -11,6 +11,8 @@ import pytest
 
 from agent.notify import Notifier, socket_address, watchdog_interval
 
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
 
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:

@@ -9,6 +9,8 @@ import pytest
 from agent.config import ScheduleConfig
 from agent.scheduler import Scheduler, in_window, next_due, next_window_start
 
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
 
 def at(hhmm: str, day: int = 1) -> float:
     h, m = (int(x) for x in hhmm.split(":"))

@@ -14,6 +14,8 @@ import pytest
 
 from agent.watch import Debouncer, WatchedDir, Watcher, affected, excluded_path
 
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
 
 def globs(*patterns: str):
     def excluded(rel: bytes, is_dir: bool) -> bool:

@@ -1,0 +1,216 @@
+"""What the commands show: tables, JSON documents and messages, built as plain values.
+
+Nothing here prints; `cli.py` does. Keeping the shapes here lets them be tested as data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .delivery import FlushReport, StatusReport
+from .model import DirResult
+from .report import escape
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def when(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> list[str]:
+    """Aligned columns: those in `left` are left-aligned, the others (numbers) right."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    return [
+        "  ".join(v.ljust(widths[i]) if i in left else v.rjust(widths[i])
+                  for i, v in enumerate(row)).rstrip()
+        for row in (headers, *rows)
+    ]  # fmt: skip
+
+
+# --- verify ---------------------------------------------------------------------------
+
+
+def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
+    headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "ERRORS", "HASHED", "TIME")
+    rows = []
+    for r in results:
+        c = r.counts
+        if r.error:
+            rows.append((escape(r.dir_check), "-", "-", "-", "-", "-", "-", f"{r.elapsed:.1f}s"))
+            continue
+        rows.append((
+            escape(r.dir_check), f"{c.total:,}", f"{c.different:,}", f"{c.missing:,}",
+            f"{c.more:,}", f"{c.errors:,}", human_bytes(c.bytes_hashed), f"{r.elapsed:.1f}s",
+        ))  # fmt: skip
+    lines = table(headers, rows, left={0})
+    lines += [f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}" for r in results if r.error]
+    total_bytes = sum(r.counts.bytes_hashed for r in results)
+    if any(r.error for r in results):
+        verdict = "some directories could not be verified"
+    elif all(r.counts.consistent for r in results):
+        verdict = "consistent"
+    else:
+        verdict = "differences found"
+    lines.append(f"{verdict}; {human_bytes(total_bytes)} hashed in {elapsed:.1f}s")
+    return lines
+
+
+def verify_document(
+    results: Sequence[DirResult], upload: dict[str, Any], elapsed: float
+) -> dict[str, Any]:
+    """`verify --json`: `consistency_result` is exactly what is (or would be) posted."""
+    return {
+        "consistency_result": [r.entry().to_api() for r in results if r.uploadable],
+        "directories": [result_document(r) for r in results],
+        "consistent": all(r.uploadable and r.counts.consistent for r in results),
+        "upload": upload,
+        "elapsed_seconds": round(elapsed, 3),
+    }
+
+
+def result_document(r: DirResult) -> dict[str, Any]:
+    c = r.counts
+    return {
+        "dir_check": r.dir_check,
+        "target": escape(r.target),
+        "num_total_files": c.total,
+        "num_identical_files": c.identical,
+        "num_different_files": c.different,
+        "num_target_miss_files": c.missing,
+        "num_target_more_files": c.more,
+        "num_error_files": c.errors,
+        "num_skipped_special": c.skipped_special,
+        "files_hashed": c.files_hashed,
+        "bytes_hashed": c.bytes_hashed,
+        "cache_hits": c.cache_hits,
+        "hash_algorithm": r.hash_algorithm,
+        "elapsed_seconds": round(r.elapsed, 3),
+        "error": r.error,
+        "error_samples": list(r.notes),
+        "clamped_fields": r.clamped_fields(),
+    }
+
+
+def progress_line(dir_check: str, files: int, nbytes: int, seconds: float) -> str:
+    rate = nbytes / max(seconds, 1e-6)
+    return (
+        f"{escape(dir_check)}: {files:,} files, {human_bytes(nbytes)} hashed, "
+        f"{human_bytes(int(rate))}/s"
+    )
+
+
+# --- delivery -------------------------------------------------------------------------
+
+
+def flush_message(report: FlushReport, task_id: str | None) -> str:
+    if report.requests == 0 and report.pending == 0 and report.dead == 0:
+        return "Nothing to deliver."
+    parts = []
+    if report.delivered:
+        parts.append(
+            f"Uploaded {report.delivered} result(s) to SMS task {task_id} "
+            f"in {report.requests} request(s)."
+        )
+    if report.dead:
+        parts.append(
+            f"{report.dead} result(s) rejected for good and moved to dead letters "
+            "(see `smsagent status`)."
+        )
+    if report.pending:
+        why = f": {report.errors[-1]}" if report.errors else ""
+        parts.append(
+            f"{report.pending} result(s) queued but not delivered{why}. They are retried "
+            "by `smsagent flush` and by the daemon."
+        )
+    return "\n".join(parts)
+
+
+def status_lines(local: StatusReport) -> list[str]:
+    lines: list[str] = []
+    if not local.last_results:
+        lines.append("No results recorded yet.")
+    else:
+        headers = ("DIRECTORY", "TOTAL", "DIFFERENT", "MISSING", "MORE", "STATE", "CHECKED")
+        rows = []
+        for r in local.last_results:
+            e = r.entry
+            counts = (
+                (f"{e.num_total_files:,}", f"{e.num_different_files:,}",
+                 f"{e.num_target_miss_files:,}", f"{e.num_target_more_files:,}")
+                if e else ("-", "-", "-", "-")
+            )  # fmt: skip
+            state = r.state if not r.detail else f"{r.state} ({r.detail})"
+            rows.append((escape(r.dir_check), *counts, state, when(r.checked_at)))
+        lines += table(headers, rows, left={0, 5, 6})
+    c = local.counts
+    line = f"Pending: {c.pending}"
+    if c.pending:
+        line += f", next try {when(c.next_try)}"
+        if c.last_pending_error:
+            line += f"; last error: {c.last_pending_error}"
+    lines.append(line)
+    line = f"Dead letters: {c.dead}"
+    if c.dead and c.last_dead_error:
+        line += f"; last: {c.last_dead_error}"
+    lines.append(line)
+    return lines
+
+
+def remote_lines(task_id: str | None, remote: Sequence[Any]) -> list[str]:
+    lines = [f"SMS task {task_id}: {len(remote)} result(s) on record"]
+    for item in remote:
+        if item.raw is not None:
+            lines.append(f"  {item.raw}")
+            continue
+        finished = when(item.finished_time / 1000) if item.finished_time else "-"
+        lines.append(f"  finished {finished}, check_result {item.check_result or '-'}")
+        for e in item.entries:
+            lines.append(
+                f"    {escape(e.dir_check)}: total {e.num_total_files:,}, different "
+                f"{e.num_different_files:,}, missing {e.num_target_miss_files:,}, "
+                f"more {e.num_target_more_files:,}"
+            )
+    return lines
+
+
+def status_document(local: StatusReport, remote: Sequence[Any] | None) -> dict[str, Any]:
+    c = local.counts
+    doc: dict[str, Any] = {
+        "directories": [
+            {
+                "dir_check": r.dir_check,
+                "task_id": r.task_id,
+                "result": r.entry.to_api() if r.entry else None,
+                "state": r.state,
+                "detail": r.detail,
+                "checked_at": r.checked_at,
+                "delivered_at": r.delivered_at,
+            }
+            for r in local.last_results
+        ],
+        "pending": {"count": c.pending, "next_try": c.next_try, "last_error": c.last_pending_error},
+        "dead_letters": {"count": c.dead, "last_error": c.last_dead_error},
+    }
+    if remote is not None:
+        doc["remote"] = [
+            {
+                "finished_time": item.finished_time,
+                "check_result": item.check_result,
+                "consistency_result": [e.to_api() for e in item.entries],
+                "raw": item.raw,
+            }
+            for item in remote
+        ]
+    return doc

@@ -1,0 +1,117 @@
+"""Configuration: every key validated, with one exact message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config, parse_config, parse_duration, parse_window
+from agent.errors import ConfigError
+
+ERRORS = [
+    ({"directoris": ["/var"]}, "directoris: unknown key (did you mean 'directories'?)"),
+    ({"directories": ["var"]}, "directories[0]: must be an absolute path, not 'var'"),
+    ({"directories": ["/var", "/var/"]}, "directories[1]: /var is listed twice"),
+    ({"directories": ["/" + "x" * 1024]}, "directories[0]: is 1025 characters; SMS accepts at most 1024"),
+    ({"directories": [{"target": "/t"}]}, "directories[0].path: is required"),
+    ({"directories": [{"path": "/v", "excludes": 3}]}, "directories[0].exclude: must be a list of patterns, not int"),
+    ({"task_id": "x" * 37}, "task_id: must be 1 to 36 characters, not 37"),
+    ({"endpoint": "http://sms.example.com"}, "endpoint: http://sms.example.com is plain HTTP to another host"),
+    ({"endpoint": "ftp://x"}, "endpoint: must be an https:// URL"),
+    ({"target": "nfs://x/y"}, "target: must be a local path or ssh://user@host[:port]/path"),
+    ({"target": "ssh:///path"}, "target: an ssh:// target needs a host"),
+    ({"schedule": {"interval": "soon"}}, "schedule.interval: must be a duration such as 90s"),
+    ({"schedule": {"window": "1-5"}}, "schedule.window: must look like 01:00-05:00"),
+    ({"schedule": {"watch": "yes"}}, "schedule.watch: must be true or false, not 'yes'"),
+    ({"limits": {"workers": -1}}, "limits.workers: must be at least 0, not -1"),
+    ({"limits": {"read_mb_per_s": "fast"}}, "limits.read_mb_per_s: must be a number, not 'fast'"),
+    ({"ssh": {"port": 70000}}, "ssh.port: must be 1 to 65535, not 70000"),
+    ({"auth": {"ak": "AK"}}, "auth.sk_file: auth.ak and auth.sk_file go together"),
+    ({"auth": {"iam": {"endpoint": "https://iam"}}}, "auth.iam.domain: is required for IAM password login"),
+    ({"auth": {"tokn": "x"}}, "auth.tokn: unknown key (did you mean 'token'?)"),
+    ({"tls": []}, "tls: must be a mapping, not a list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "message"), ERRORS)
+def test_each_problem_has_its_message(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, source="agent.yaml")
+    assert str(caught.value).startswith("agent.yaml: ")
+    assert message in str(caught.value)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"task_id": "", "limits": {"workers": "x"}, "bogus": 1}, source="f.yaml")
+    text = str(caught.value)
+    assert "3 problems" in text and "task_id" in text and "limits.workers" in text
+    assert "bogus: unknown key" in text
+
+
+def test_directories_are_normalised_and_targets_mapped() -> None:
+    config = parse_config({
+        "target": "/mnt/target/",
+        "directories": ["/var/", "//srv//data/../www", {"path": "/opt", "target": "/elsewhere"}],
+        "endpoint": "http://127.0.0.1:8080", "task_id": "t",
+    })  # fmt: skip
+    paths = [d.path for d in config.directories]
+    assert paths == ["/var", "/srv/www", "/opt"]
+    assert [config.target_for(d) for d in config.directories] == [
+        "/mnt/target/var", "/mnt/target/srv/www", "/elsewhere"]  # fmt: skip
+    ssh = parse_config({"target": "ssh://root@10.0.0.8/", "directories": ["/var"]})
+    assert ssh.target_for(ssh.directories[0]) == "ssh://root@10.0.0.8/var"
+
+
+def test_insecure_http_only_when_allowed() -> None:
+    config = parse_config({"endpoint": "http://sms.example", "allow_insecure_http": True})
+    assert any("allow_insecure_http" in w for w in config.warnings)
+
+
+def test_inline_token_in_a_world_readable_file_warns(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("auth:\n  token: s3cret-value\n")
+    path.chmod(0o644)
+    config = load_config(path)
+    assert any("readable by group or others" in w for w in config.warnings)
+    assert "s3cret-value" not in repr(config)
+    path.chmod(0o600)
+    assert not load_config(path).warnings
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("directories: [/var\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line 2"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+        load_config(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listy)
+
+
+def test_relative_paths_in_a_file_are_from_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "agent.yaml"
+    path.parent.mkdir()
+    path.write_text("directories:\n  - path: demo/src\n    target: demo/dst\nstate_dir: st\n")
+    config = load_config(path)
+    assert config.directories[0].path == str(tmp_path / "conf" / "demo" / "src")
+    assert config.directories[0].target == str(tmp_path / "conf" / "demo" / "dst")
+    assert config.state_dir == tmp_path / "conf" / "st"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("6h", 21600.0), ("7d", 604800.0),
+    ("250ms", 0.25), (45, 45.0), ("x", None), ("-1", None), (True, None)])  # fmt: skip
+def test_durations(text: object, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_windows() -> None:
+    assert parse_window("01:00-05:00") == (60, 300)
+    assert parse_window("22:30-02:00") == (1350, 120)
+    assert parse_window("25:00-01:00") is None
+    assert parse_window("01:00-01:00") is None
