@@ -115,6 +115,21 @@ def validate_for_daemon(config: AgentConfig) -> AgentConfig:
     return config
 
 
+def result_fields(result: DirResult) -> dict[str, object]:
+    """One directory's outcome as plain fields, for JSON logs."""
+    c = result.counts
+    return {
+        "directory": result.dir_check,
+        "total": c.total,
+        "different": c.different,
+        "missing": c.missing,
+        "more": c.more,
+        "errors": c.errors,
+        "elapsed": round(result.elapsed, 3),
+        "error": result.error,
+    }
+
+
 def summarize(results: Sequence[DirResult], elapsed: float) -> str:
     failed = sum(1 for r in results if r.error)
     different = sum(1 for r in results if not r.error and not r.counts.consistent)
@@ -208,6 +223,7 @@ class Daemon:
             deliverer.start()
             self._watcher = self._start_watcher(self.config)
             self.notifier.ready(f"started; {self._last_summary}")
+            self._log_next()
             self._loop()
         finally:
             self.notifier.stopping("stopping")
@@ -288,6 +304,7 @@ class Daemon:
             if finished.queued:
                 self._flush_now.set()
             self.notifier.status(self._status_text())
+            self._log_next()
 
     def _maybe_start(self) -> None:
         if self._job is not None or self.stop.is_set():
@@ -307,6 +324,13 @@ class Daemon:
         )
         self.notifier.status(f"verifying {len(directories)} directories; {self._last_summary}")
         self._job.start()
+
+    def _log_next(self) -> None:
+        wake = self.scheduler.next_wakeup()
+        if wake is not None and wake > self._clock():
+            log.info(
+                "next verification at %s", datetime.fromtimestamp(wake).isoformat(" ", "seconds")
+            )
 
     def _status_text(self) -> str:
         return f"{self._last_summary}; {self._pending} result(s) awaiting delivery"
@@ -329,8 +353,8 @@ class Daemon:
                 log.info(
                     "%s; %d queued for SMS%s", summary, queued,
                     f" ({report.reason})" if report.reason else "",
-                    extra={"ctx": {"directories": list(paths), "elapsed": round(elapsed, 3),
-                                   "queued": queued}},
+                    extra={"ctx": {"elapsed": round(elapsed, 3), "queued": queued,
+                                   "results": [result_fields(r) for r in results]}},
                 )  # fmt: skip
         except AgentError as exc:
             summary = f"failed: {exc}"

@@ -319,5 +319,8 @@ def test_json_logs_are_one_object_per_line(
     wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
     agent.terminate()
     records = [json.loads(line) for line in agent.log().splitlines()]
-    assert any(r.get("queued") == 1 and r["level"] == "info" for r in records)
+    summary = next(r for r in records if r.get("queued") == 1)
+    assert summary["level"] == "info"
+    assert summary["results"][0]["directory"] == str(agent.src)
+    assert summary["results"][0]["total"] == 2 and summary["results"][0]["error"] is None
     assert "TOKEN" not in agent.log()
