@@ -324,3 +324,36 @@ def test_json_logs_are_one_object_per_line(
     assert summary["results"][0]["directory"] == str(agent.src)
     assert summary["results"][0]["total"] == 2 and summary["results"][0]["error"] is None
     assert "TOKEN" not in agent.log()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare(1) is not installed")
+def test_running_out_of_inotify_watches_falls_back_to_the_interval(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(
+        tmp_path, emulator.url, schedule={"interval": "2s", "jitter": 0, "watch": True,
+                                          "debounce": "0.5s"}
+    )  # fmt: skip
+    for i in range(40):
+        (agent.src / "many" / str(i)).mkdir(parents=True)
+        (agent.dst / "many" / str(i)).mkdir(parents=True)
+    # A user namespace has its own watch limit: tiny here, the host's stays as it is.
+    script = 'echo 20 > /proc/sys/user/max_inotify_watches && exec "$@"'
+    with open(agent.log_path, "ab") as log:
+        agent.proc = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh",
+             smsagent(), "run", "--config", str(agent.config)],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    agents.append(agent)
+    try:
+        wait_for(lambda: len(results_for(emulator, agent.src)) >= 2, 15, "interval results")
+    except AssertionError:
+        if "Operation not permitted" in agent.log() or "unshare" in agent.log():
+            pytest.skip(f"user namespaces are not available: {agent.log()[-300:]}")
+        raise
+    code, _ = agent.terminate()
+    assert code == 0, agent.log()
+    assert agent.log().count("WARNING agent.watch") == 1, agent.log()
+    assert "max_user_watches is reached" in agent.log()
+    assert "Traceback" not in agent.log()
