@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import select
@@ -251,7 +252,11 @@ class Daemon:
         return 0
 
     def _loop(self) -> None:
-        next_config_look = next_watch_check = next_ping = self._monotonic()
+        start = self._monotonic()
+        # A timer that does not apply waits forever, so it never cuts the sleep short.
+        next_ping = start if self._ping_every is not None else math.inf
+        next_config_look = start + CONFIG_POLL if self.config_path is not None else math.inf
+        next_watch_check = start + WATCH_CHECK
         signature = config_signature(self.config_path)
         while not self._term:
             mono = self._monotonic()
@@ -269,9 +274,9 @@ class Daemon:
             if reload_reason:
                 signature = config_signature(self.config_path)
                 self._reload(reload_reason)
-            if self._watcher is not None and mono >= next_watch_check:
+            if mono >= next_watch_check:
                 next_watch_check = mono + WATCH_CHECK
-                if not self._watcher.check():
+                if self._watcher is not None and not self._watcher.check():
                     self._watcher.stop()
                     self._watcher = None
             self._collect()

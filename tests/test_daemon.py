@@ -357,3 +357,24 @@ def test_running_out_of_inotify_watches_falls_back_to_the_interval(
     assert agent.log().count("WARNING agent.watch") == 1, agent.log()
     assert "max_user_watches is reached" in agent.log()
     assert "Traceback" not in agent.log()
+
+
+def test_an_idle_daemon_sleeps(tmp_path: Path, emulator: Emulator, agents: list[Agent]) -> None:
+    """Between runs the control loop must block, not spin: measure its CPU time."""
+    agent = Agent(tmp_path, emulator.url, schedule={"interval": "1h", "jitter": 0})
+    agents.append(agent.start())
+    wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
+    assert agent.proc is not None
+    stat = Path(f"/proc/{agent.proc.pid}/stat")
+
+    def cpu_ticks() -> int:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    time.sleep(0.5)
+    before = cpu_ticks()
+    time.sleep(2)
+    used = (cpu_ticks() - before) / os.sysconf("SC_CLK_TCK")
+    assert used < 0.2, f"{used:.2f}s of CPU in 2s of idling"
+    code, _ = agent.terminate()
+    assert code == 0
