@@ -184,7 +184,11 @@ class Watcher:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.dirs = tuple(dirs)
-        self.ignored = tuple(os.fsencode(os.path.abspath(p)) for p in ignored)
+        # Both spellings: under DynamicUser=yes /var/lib/smsagent is a symlink into
+        # /var/lib/private, and inotify reports the path it walked, not the link.
+        self.ignored = tuple(
+            {os.fsencode(f(p)) for p in ignored for f in (os.path.abspath, os.path.realpath)}
+        )
         self.debouncer = Debouncer(debounce, on_change, clock=clock)
         self._observer: InotifyObserver | None = None
         self._failed = False

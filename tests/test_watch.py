@@ -140,6 +140,17 @@ def test_changes_are_reported_after_debounce(tree: Path) -> None:
         watcher.stop()
 
 
+def test_the_state_dir_is_ignored_through_a_symlink(tree: Path) -> None:
+    real = tree / "private" / "smsagent"
+    real.mkdir(parents=True)
+    link = tree / "state-link"
+    link.symlink_to(real)
+    watcher = Watcher([WatchedDir(str(tree))], debounce=0.1, on_change=print,
+                      ignored=[str(link)])  # fmt: skip
+    assert os.fsencode(real) in watcher.ignored
+    assert affected(os.fsencode(real / "agent.db"), False, watcher.dirs, watcher.ignored) == []
+
+
 def test_a_watcher_that_cannot_start_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
