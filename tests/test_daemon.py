@@ -227,8 +227,12 @@ def test_sigkill_then_restart_delivers_everything(
     agent.start()
     got = wait_for(lambda: results_for(emulator, agent.src), 10, "the queued result")
     assert got[0]["num_total_files"] == 2
-    with Outbox(agent.state) as box:
-        assert box.pending() == []
+
+    def outbox_empty() -> bool:  # SMS answers before the outbox records the delivery
+        with Outbox(agent.state) as box:
+            return box.pending() == []
+
+    wait_for(outbox_empty, 5, "the outbox to record the delivery")
     code, _ = agent.terminate()
     assert code == 0
     assert agent.log().count("verified in") == 1, "the restart must not have verified"
