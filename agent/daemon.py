@@ -178,6 +178,8 @@ class Daemon:
         self._pending = 0
         self._job: threading.Thread | None = None
         self._watcher: Any = None  # agent.watch.Watcher, imported only when watching
+        self._watch_generation = 0  # a watcher started for an older config is dropped
+        self._watch_started: list[tuple[int, Any, bool]] = []
         self._last_summary = "no verification yet"
         self.scheduler = Scheduler(
             config.schedule, [d.path for d in config.directories], now=clock(), rand=rand
@@ -222,7 +224,7 @@ class Daemon:
                 pass
             self._announce(self.config)
             deliverer.start()
-            self._watcher = self._start_watcher(self.config)
+            self._start_watcher(self.config)
             self.notifier.ready(f"started; {self._last_summary}")
             self._log_next()
             self._loop()
@@ -231,8 +233,13 @@ class Daemon:
             self.stop.set()
             self._flush_now.set()
             deadline = self._monotonic() + STOP_BUDGET
+            self._watch_generation += 1
             if self._watcher is not None:
                 self._watcher.stop()
+            with self._lock:
+                late, self._watch_started = self._watch_started, []
+            for _, watcher, _ in late:
+                watcher.stop()
             if self._job is not None:
                 self._job.join(STOP_GRACE)
                 if self._job.is_alive():
@@ -279,6 +286,7 @@ class Daemon:
                 if self._watcher is not None and not self._watcher.check():
                     self._watcher.stop()
                     self._watcher = None
+            self._adopt_watchers()
             self._collect()
             self._maybe_start()
             self._waker.wait(self._sleep_time(next_ping, next_config_look, next_watch_check))
@@ -408,7 +416,8 @@ class Daemon:
             if self._watch_inputs(new) != self._watch_inputs(old) or self._watcher is None:
                 if self._watcher is not None:
                     self._watcher.stop()
-                self._watcher = self._start_watcher(new)
+                    self._watcher = None
+                self._start_watcher(new)
             log.info("%s: configuration reloaded from %s", reason, new.source)
         self.notifier.ready(self._status_text())
 
@@ -431,9 +440,13 @@ class Daemon:
         s = config.schedule
         return (s.watch, s.debounce, config.directories, config.exclude, config.state_dir)
 
-    def _start_watcher(self, config: AgentConfig) -> Any:
+    def _start_watcher(self, config: AgentConfig) -> None:
+        """Start watching on a thread of its own: adding a watch for every directory of a big
+        tree takes a while, and the loop must keep answering systemd's watchdog meanwhile."""
+        self._watch_generation += 1
+        generation = self._watch_generation
         if not config.schedule.watch:
-            return None
+            return
         from .watch import WatchedDir, Watcher  # watchdog is loaded only when watching
 
         dirs = [WatchedDir(d.path, exclude_rules(config, d).excluded) for d in config.directories]
@@ -443,11 +456,24 @@ class Daemon:
             on_change=self._on_change,
             ignored=[str(config.state_dir)],
         )
-        if not watcher.start():
-            watcher.stop()
-            return None
-        log.info("watching %d directories for changes", len(dirs))
-        return watcher
+
+        def start() -> None:
+            ok = watcher.start()
+            with self._lock:
+                self._watch_started.append((generation, watcher, ok))
+            self._waker.wake()
+
+        threading.Thread(target=start, name="smsagent-watch-start", daemon=True).start()
+
+    def _adopt_watchers(self) -> None:
+        with self._lock:
+            started, self._watch_started = self._watch_started, []
+        for generation, watcher, ok in started:
+            if ok and generation == self._watch_generation and not self.stop.is_set():
+                self._watcher = watcher
+                log.info("watching %d directories for changes", len(watcher.dirs))
+            else:
+                watcher.stop()  # failed (it warned), or made for a config since replaced
 
     def _install_signals(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
