@@ -21,8 +21,10 @@ import sys
 import time
 
 PROTOCOL = 1
-SMALL_FILE = 1 << 20  # read in one call up to this size
-CHUNK = 1 << 20  # streaming buffer for larger files
+SMALL_FILE = 256 << 10  # read in one call up to this size
+# Streaming buffer for larger files: small enough to stay in the CPU's L2 cache between the
+# kernel's copy and the hash; 1 MiB made hashing a large file four times slower here.
+CHUNK = 128 << 10
 RACY_SECONDS = 2.0  # a file modified this recently may still change: its digest is not cached
 PSEUDO_FS = {
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
