@@ -143,17 +143,25 @@ class Channel:
             return last
         return f"helper exited with status {code}" if code is not None else "connection lost"
 
-    def close(self) -> None:
+    def hang_up(self) -> None:
+        """Close the request stream: an idle helper exits at once, a busy one after its job."""
         self.alive = False
         with contextlib.suppress(OSError):
             self.process.stdin.close()  # type: ignore[union-attr]
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the helper until `deadline` (monotonic), then kill it."""
         try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         with contextlib.suppress(OSError):
             self.process.stdout.close()  # type: ignore[union-attr]
+
+    def close(self, grace: float = 2.0) -> None:
+        self.hang_up()
+        self.reap(time.monotonic() + grace)
 
 
 def wait_for_replies(channels: Sequence[Channel], timeout: float) -> list[Reply]:
@@ -199,9 +207,14 @@ class Pool:
     def alive(self) -> bool:
         return any(c.alive for c in self.channels)
 
-    def close(self) -> None:
+    def close(self, grace: float = 2.0) -> None:
+        """Stop every helper within one shared grace period (a helper hashing a large file
+        is killed rather than waited for)."""
         for channel in self.channels:
-            channel.close()
+            channel.hang_up()
+        deadline = time.monotonic() + grace
+        for channel in self.channels:
+            channel.reap(deadline)
 
 
 def call(channel: Channel, op: str, *args: Any, timeout: float) -> Any:
