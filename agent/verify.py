@@ -17,7 +17,7 @@ from .cache import HashCache
 from .channel import Pool, default_workers
 from .config import AgentConfig, DirectoryConfig
 from .engine import Engine, ReportSink
-from .errors import AgentError, ConfigError, StateError
+from .errors import AgentError, ConfigError, StateError, TargetError
 from .excludes import ExcludeRules
 from .model import DirCounts, DirResult
 from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target
@@ -71,6 +71,9 @@ class _Pools:
         self.read_limit = int(config.limits.read_mb_per_s * 1_000_000)
         self._targets: dict[str, Pool] = {}
         self._sources: dict[str, Pool] = {}
+        # A machine that could not be reached is not dialled again for each of its
+        # directories in the same run: they all get the first attempt's error at once.
+        self._unreachable: dict[str, TargetError] = {}
 
     def _open(self, spec: TargetSpec, algorithms: tuple[str, ...]) -> Pool:
         pool = open_pool(
@@ -82,14 +85,42 @@ class _Pools:
         )
         self.stack.callback(pool.close)
         if spec.host is not None:
-            log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
+            if pool.algorithm != ALGORITHMS[0]:
+                log.warning(
+                    "%s: neither the xxhash module nor xxh128sum is there: both sides hash "
+                    "with %s (%s) for this target",
+                    spec.key, pool.algorithm, pool.via,
+                )  # fmt: skip
+            else:
+                log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
         return pool
 
     def target(self, spec: TargetSpec) -> Pool:
+        failed = self._unreachable.get(spec.key)
+        if failed is not None:
+            raise failed
         pool = self._targets.get(spec.key)
         if pool is None or not pool.alive:
-            pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
+            try:
+                pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
+            except TargetError as exc:
+                self._unreachable[spec.key] = exc
+                raise
         return pool
+
+    def release_stale(self) -> None:
+        """Close pools left with requests in flight by a directory that ended in an error.
+
+        Their replies would come to the next directory that reads the channel, after it had
+        waited for the abandoned work, and until then they count as `outstanding`, which holds
+        back that directory's listing (an engine with nothing in flight and no room to list
+        would spin). A fresh pool costs a process start; errors are rare."""
+        for pools in (self._targets, self._sources):
+            for key, pool in list(pools.items()):
+                if any(c.outstanding for c in pool.channels):
+                    log.debug("%s: closing helpers with abandoned requests", key)
+                    del pools[key]
+                    pool.close()
 
     def source(self, algorithm: str) -> Pool:
         pool = self._sources.get(algorithm)
@@ -128,6 +159,7 @@ def run_verification(
         pools = _Pools(config, stack)
         for directory in directories:
             results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
+            pools.release_stale()
         if cache is not None:
             cache.prune()
     return results
@@ -155,6 +187,7 @@ def _verify_one(
             target=target_text,
             counts=DirCounts(),
             elapsed=time.monotonic() - started,
+            hash_algorithm="",
             error=str(exc),
         )
     engine = Engine(
@@ -172,7 +205,12 @@ def _verify_one(
         spec.path,
         exclude_rules(config, directory),
     )
-    result = replace(result, target=target_text)
+    result = replace(
+        result,
+        target=target_text,
+        hash_algorithm=target_pool.algorithm,
+        hash_via=target_pool.via,
+    )
     c = result.counts
     if result.error:
         log.error("%s: not verified: %s", directory.path, result.error)
