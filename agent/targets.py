@@ -74,6 +74,16 @@ def ssh_command(spec: TargetSpec, ssh: SshConfig) -> list[str]:
     return [*argv, "--", destination, remote]
 
 
+def _with_detail(cause: str, needle: str, line: str, lines: list[str]) -> str:
+    detail = line.removeprefix("ssh: ").rstrip(".")
+    if needle == "Host key verification failed":
+        # The line before names the key type and the host:port that was looked up.
+        detail = next((x.rstrip(".") for x in lines if "host key is known for" in x), "")
+    elif needle == "REMOTE HOST IDENTIFICATION HAS CHANGED":
+        detail = next((x.rstrip(".") for x in lines if x.startswith("Offending")), "")
+    return f"{cause} ({detail})" if detail else cause
+
+
 # What the OpenSSH client prints when a session fails, and the cause to name for it. The
 # client's own words are kept in the message: they are what an operator searches for.
 _SSH_CAUSES = (
@@ -101,21 +111,13 @@ _SSH_CAUSES = (
 
 def explain_ssh_failure(stderr: str, code: int | None, *, python: str) -> str:
     """One line naming why an SSH session ended, from the client's stderr and exit status."""
-    lines = [
-        line.strip()
-        for line in stderr.splitlines()
-        if line.strip() and not line.startswith(("@", "Warning: Permanently added"))
-    ]
+    raw = [line.strip() for line in stderr.splitlines() if line.strip()]
     if code == 255 or code is None:
         for needle, cause in _SSH_CAUSES:
-            for line in lines:
+            for line in raw:
                 if needle in line:
-                    detail = line.removeprefix("ssh: ").rstrip(".")
-                    if needle.startswith("Host key"):
-                        # The line before names the key type and the host:port looked up.
-                        known = [x for x in lines if "host key is known for" in x]
-                        detail = known[0].rstrip(".") if known else ""
-                    return f"{cause} ({detail})" if detail else cause
+                    return _with_detail(cause, needle, line, raw)
+    lines = [x for x in raw if not x.startswith(("@", "Warning: Permanently added"))]
     last = lines[-1] if lines else ""
     if code == 127:
         return (
