@@ -108,20 +108,6 @@ class _Pools:
                 raise
         return pool
 
-    def release_stale(self) -> None:
-        """Close pools left with requests in flight by a directory that ended in an error.
-
-        Their replies would come to the next directory that reads the channel, after it had
-        waited for the abandoned work, and until then they count as `outstanding`, which holds
-        back that directory's listing (an engine with nothing in flight and no room to list
-        would spin). A fresh pool costs a process start; errors are rare."""
-        for pools in (self._targets, self._sources):
-            for key, pool in list(pools.items()):
-                if any(c.outstanding for c in pool.channels):
-                    log.debug("%s: closing helpers with abandoned requests", key)
-                    del pools[key]
-                    pool.close()
-
     def source(self, algorithm: str) -> Pool:
         pool = self._sources.get(algorithm)
         if pool is None or not pool.alive:
@@ -159,7 +145,6 @@ def run_verification(
         pools = _Pools(config, stack)
         for directory in directories:
             results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
-            pools.release_stale()
         if cache is not None:
             cache.prune()
     return results
