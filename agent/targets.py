@@ -101,6 +101,7 @@ _SSH_CAUSES = (
     ("Too many authentication failures", "authentication failed"),
     ("Could not resolve hostname", "cannot connect"),
     ("connect to host", "cannot connect"),
+    ("during banner exchange", "cannot connect: the port is open but no SSH server answered"),
     ("not responding", "the target stopped answering keepalives"),
     ("closed by remote host", "connection closed by the target"),
     ("Connection closed by", "connection closed by the target"),

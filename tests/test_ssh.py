@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,11 @@ def test_a_source_path_under_an_ssh_root_reaches_the_target_unchanged(
             "ssh: connect to host 10.0.0.9 port 22: Connection timed out\n",
             255,
             "cannot connect (connect to host 10.0.0.9 port 22: Connection timed out)",
+        ),
+        (
+            "Connection timed out during banner exchange\nConnection to h port 22 timed out\n",
+            255,
+            "cannot connect: the port is open but no SSH server answered (Connection timed out during banner exchange)",
         ),
         (
             "ssh: Could not resolve hostname nohost: Name or service not known\n",
@@ -387,6 +393,24 @@ def test_a_session_that_cannot_start_is_one_clear_line_and_exit_2(
          "num_target_miss_files": 0, "num_target_more_files": 0}
     ]  # fmt: skip
     assert elapsed < 30
+
+
+def test_a_port_where_nothing_speaks_ssh_fails_within_the_connect_timeout(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write_tree(src, {"a": "1"})
+    with socket.socket() as silent:  # accepts the connection, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        url = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path / 'dst'}"
+        ssh = sshd.ssh_section(python=sys.executable, connect_timeout=1)
+        done, document, elapsed = run_verify(tmp_path, [{"path": str(src), "target": url}], ssh)
+    assert done.returncode == 2
+    assert document is not None
+    assert "no SSH server answered" in document["directories"][0]["error"]
+    assert elapsed < 15
 
 
 def _remote_helper(sshd: Sshd, deadline: float) -> int:
