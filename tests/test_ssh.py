@@ -313,26 +313,29 @@ def test_human_output_says_how_the_target_hashed(
 
 
 def test_a_global_ssh_root_maps_each_directory_under_it(sshd: Sshd, tmp_path: Path) -> None:
-    # /x/src on the source <-> ROOT/x/src on the target, as for a local root.
-    src = tmp_path / "data#1" / "src"
+    # /x/src on the source <-> ROOT/x/src on the target, as for a local root; the source path
+    # holds URL syntax and a byte that is not UTF-8, given on the command line.
+    src = os.fsencode(tmp_path) + b"/data#1 %41?\xff/src"
     root = tmp_path / "mirror"
     write_tree(src, {"a.txt": "1", b"sub/\xe9": "2"})
-    write_tree(Path(str(root) + str(src)), {"a.txt": "1", b"sub/\xe9": "2"})
-    config: dict[str, Any] = {
-        "target": sshd.url(root),
-        "directories": [str(src)],
-        "ssh": sshd.ssh_section(python=sys.executable),
-    }
+    write_tree(os.fsencode(root) + src, {"a.txt": "1", b"sub/\xe9": "2", "more": "3"})
     config_file = tmp_path / "agent.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file.write_text(yaml.safe_dump({"ssh": sshd.ssh_section(python=sys.executable)}))
     done = subprocess.run(
         [*smsagent_command(), "verify", "--config", str(config_file), "--no-upload",
-         "--state-dir", str(tmp_path / "state"), "--json"],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT,
+         "--state-dir", str(tmp_path / "state"), "--json",
+         "--dir", os.fsdecode(src), "--target", sshd.url(root)],
+        capture_output=True, text=True, errors="surrogateescape", timeout=RUN_TIMEOUT,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
     entry = json.loads(done.stdout)["directories"][0]
-    assert (entry["num_total_files"], entry["num_identical_files"]) == (2, 2)
+    assert entry["error"] is None
+    counted = (
+        entry["num_total_files"],
+        entry["num_identical_files"],
+        entry["num_target_more_files"],
+    )
+    assert counted == (2, 2, 1)
 
 
 def _failure_cases(sshd: Sshd, tmp_path: Path) -> dict[str, tuple[str, dict[str, Any], str]]:
@@ -427,7 +430,7 @@ def _remote_helper(sshd: Sshd, deadline: float) -> int:
     raise AssertionError("the helper never started on the target")
 
 
-@pytest.mark.parametrize("victim", ["helper", "session"])
+@pytest.mark.parametrize("victim", ["helper", "session", "frozen"])
 def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
     sshd: Sshd, tmp_path: Path, victim: str
 ) -> None:
@@ -447,6 +450,13 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
         "ssh": sshd.ssh_section(python=sys.executable),
         "limits": {"read_mb_per_s": 1},
     }
+    # ssh.options come first, so they override the agent's keepalive defaults (15 s x 4).
+    config["ssh"]["options"] += ["ServerAliveInterval=1", "ServerAliveCountMax=2"]
+    expected = {
+        "helper": "the session ended without a word",
+        "session": "connection closed by the target",
+        "frozen": "the target stopped answering keepalives",
+    }
     config_file = tmp_path / "agent.yaml"
     config_file.write_text(yaml.safe_dump(config))
     before = set(sshd.children())
@@ -461,9 +471,10 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
         if victim == "helper":
             os.kill(helper, signal.SIGKILL)
         else:
-            # The server's process for this connection: the TCP session is torn down.
+            # The server's process for this connection: killed, the TCP session is torn
+            # down; stopped, the host looks frozen and only keepalives can tell.
             session = [pid for pid in sshd.children() if pid not in before]
-            os.kill(min(session), signal.SIGKILL)
+            os.kill(min(session), signal.SIGKILL if victim == "session" else signal.SIGSTOP)
         out, err = process.communicate(timeout=RUN_TIMEOUT)
     finally:
         if process.poll() is None:
@@ -475,6 +486,7 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
     lost, local = document["directories"]
     machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
     assert lost["error"] and lost["error"].startswith(machine), lost
+    assert expected[victim] in lost["error"]
     assert "\n" not in lost["error"]
     assert local["error"] is None
     assert (local["num_total_files"], local["num_identical_files"]) == (2, 2)
