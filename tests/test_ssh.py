@@ -345,6 +345,9 @@ def _failure_cases(sshd: Sshd, tmp_path: Path) -> dict[str, tuple[str, dict[str,
     empty_known = tmp_path / "empty_known_hosts"
     empty_known.write_text("")
     good = sshd.ssh_section(python=sys.executable)
+    chatty = tmp_path / "chatty-python"  # as if a login script printed a banner on stdout
+    chatty.write_text(f'#!/bin/sh\necho "Welcome to db1"\nexec "{sys.executable}" "$@"\n')
+    chatty.chmod(0o755)
     unknown_host = dict(good)
     unknown_host["options"] = [
         f"UserKnownHostsFile={empty_known}",
@@ -359,10 +362,14 @@ def _failure_cases(sshd: Sshd, tmp_path: Path) -> dict[str, tuple[str, dict[str,
         "closed port": (str(free_port()), good, "cannot connect (connect to host 127.0.0.1 port"),
         "no python": (str(sshd.port), dict(good, python="/nonexistent/python3"),
                       "/nonexistent/python3 is not found on the target"),
+        "chatty login": (str(sshd.port), dict(good, python=str(chatty)),
+                         "unexpected output instead of the helper's first answer: 'Welcome to db1'"),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", ["unknown host key", "wrong key", "closed port", "no python"])
+@pytest.mark.parametrize(
+    "case", ["unknown host key", "wrong key", "closed port", "no python", "chatty login"]
+)
 def test_a_session_that_cannot_start_is_one_clear_line_and_exit_2(
     sshd: Sshd, tmp_path: Path, case: str
 ) -> None:
