@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 
 HELPER_SOURCE = (Path(__file__).with_name("helper.py")).read_bytes()
 _HEADER = struct.Struct(">I")
+# The first reply (hello) is tiny; a larger "length" is text a login script printed on the
+# SSH session's stdout before the helper started, which would otherwise stall the reader.
+FIRST_FRAME_MAX = 1 << 20
+
+# Turns what a dead helper left behind (its stderr, its exit status or None) into one line.
+Explain = Callable[[str, "int | None"], str]
+
+
+def explain_exit(stderr: str, code: int | None) -> str:
+    """The default for a local helper: its last stderr line, else its exit status."""
+    lines = stderr.strip().splitlines()
+    if lines:
+        return lines[-1]
+    return f"helper exited with status {code}" if code is not None else "connection lost"
 
 
 def bootstrap_command(python: str) -> list[str]:
@@ -51,12 +65,15 @@ class Channel:
     the agent writing a request, because unsent requests wait in `_out`.
     """
 
-    def __init__(self, argv: Sequence[str], label: str):
+    def __init__(self, argv: Sequence[str], label: str, explain: Explain = explain_exit):
         self.label = label
+        self.explain = explain
         self.outstanding = 0
         self.alive = True
         self._next_id = 0
         self._stderr_tail = b""
+        self._answered = False  # a first frame arrived: the stream is the helper's
+        self._garbage = b""  # what came instead of the first frame, if anything
         try:
             self.process = subprocess.Popen(
                 list(argv),
@@ -74,7 +91,10 @@ class Channel:
         os.set_blocking(self.out_fd, False)
         self._out = bytearray(HELPER_SOURCE)
         self._in = bytearray()
-        threading.Thread(target=self._drain_stderr, name=f"{label}-stderr", daemon=True).start()
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, name=f"{label}-stderr", daemon=True
+        )
+        self._stderr_thread.start()
         self.flush()
 
     def send(self, op: str, *args: Any) -> int:
@@ -118,6 +138,12 @@ class Channel:
         offset = 0
         while len(buf) - offset >= 4:
             (size,) = _HEADER.unpack_from(buf, offset)
+            if not self._answered and size > FIRST_FRAME_MAX:
+                self._garbage = bytes(buf[:200])
+                self.alive = False
+                self.process.kill()
+                return [Reply(self, None)]
+            self._answered = True
             if len(buf) - offset - 4 < size:
                 break
             message = json.loads(bytes(buf[offset + 4 : offset + 4 + size]))
@@ -132,16 +158,21 @@ class Channel:
             self._stderr_tail = (self._stderr_tail + line)[-4096:]
 
     def failure(self) -> str:
-        """Why the helper stopped answering, from its exit status and last stderr lines."""
+        """Why the helper stopped answering, from its exit status and stderr, in one line."""
         try:
-            code = self.process.wait(timeout=2)
+            code: int | None = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             code = None
-        text = self._stderr_tail.decode("utf-8", "replace").strip()
-        last = text.splitlines()[-1] if text else ""
-        if last:
-            return last
-        return f"helper exited with status {code}" if code is not None else "connection lost"
+        # The process has exited, but its last stderr lines may still be in the pipe.
+        self._stderr_thread.join(timeout=2)
+        if self._garbage:
+            text = self._garbage.decode("utf-8", "replace").strip()
+            shown = text.splitlines()[0][:80] if text else repr(self._garbage[:20])
+            return (
+                f"unexpected output instead of the helper's first answer: {shown!r} "
+                "(a login script that prints text breaks non-interactive sessions)"
+            )
+        return self.explain(self._stderr_tail.decode("utf-8", "replace"), code)
 
     def hang_up(self) -> None:
         """Close the request stream: an idle helper exits at once, a busy one after its job."""
@@ -247,13 +278,14 @@ def start_pool(
     algorithms: Sequence[str],
     read_limit: int,
     timeout: float,
+    explain: Explain = explain_exit,
 ) -> Pool:
     """Start `workers` helpers with the same command and agree on a hash algorithm."""
     channels: list[Channel] = []
     hello: dict[str, Any] = {}
     try:
         for index in range(max(1, workers)):
-            channel = Channel(argv, label)
+            channel = Channel(argv, label, explain)
             channels.append(channel)
             hello = call(
                 channel,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
 
@@ -173,9 +173,14 @@ class AgentConfig:
 
 
 def join_target(root: str, path: str) -> str:
-    """Map an absolute source path under a target root: `/mnt/t` + `/var` -> `/mnt/t/var`."""
+    """Map an absolute source path under a target root: `/mnt/t` + `/var` -> `/mnt/t/var`.
+
+    Under an ssh:// root the path is percent-encoded, so that `#`, `?`, `%` and bytes that
+    are not UTF-8 in a source path reach the target as they are instead of as URL syntax."""
     if path == "/":
         return root
+    if root.startswith("ssh://"):
+        path = quote(path, safe="/", errors="surrogateescape")
     return root.rstrip("/") + path
 
 

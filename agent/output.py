@@ -12,6 +12,7 @@ from typing import Any
 from .delivery import FlushReport, StatusReport
 from .model import DirResult
 from .report import escape
+from .targets import ALGORITHMS, parse_target
 
 
 def human_bytes(n: int) -> str:
@@ -56,6 +57,13 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
         ))  # fmt: skip
     lines = table(headers, rows, left={0})
     lines += [f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}" for r in results if r.error]
+    for machine, algorithm, via in hashing(results):
+        fallback = (
+            " (fallback: neither the xxhash module nor xxh128sum is there)"
+            if algorithm != ALGORITHMS[0]
+            else ""
+        )
+        lines.append(f"hashing on {escape(machine)}: {algorithm} via {via}{fallback}")
     total_bytes = sum(r.counts.bytes_hashed for r in results)
     if any(r.error for r in results):
         verdict = "some directories could not be verified"
@@ -67,6 +75,16 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
     return lines
 
 
+def hashing(results: Sequence[DirResult]) -> list[tuple[str, str, str]]:
+    """(target machine, algorithm, via) for each machine that was reached, in order."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for r in results:
+        if r.hash_algorithm:
+            machine = parse_target(r.target).key
+            seen.setdefault(machine, (machine, r.hash_algorithm, r.hash_via))
+    return list(seen.values())
+
+
 def verify_document(
     results: Sequence[DirResult], upload: dict[str, Any], elapsed: float
 ) -> dict[str, Any]:
@@ -75,6 +93,10 @@ def verify_document(
         "consistency_result": [r.entry().to_api() for r in results if r.uploadable],
         "directories": [result_document(r) for r in results],
         "consistent": all(r.uploadable and r.counts.consistent for r in results),
+        "hashing": [
+            {"target": machine, "hash_algorithm": algorithm, "hash_via": via}
+            for machine, algorithm, via in hashing(results)
+        ],
         "upload": upload,
         "elapsed_seconds": round(elapsed, 3),
     }
@@ -96,6 +118,7 @@ def result_document(r: DirResult) -> dict[str, Any]:
         "bytes_hashed": c.bytes_hashed,
         "cache_hits": c.cache_hits,
         "hash_algorithm": r.hash_algorithm,
+        "hash_via": r.hash_via,
         "elapsed_seconds": round(r.elapsed, 3),
         "error": r.error,
         "error_samples": list(r.notes),

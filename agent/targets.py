@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -10,6 +11,9 @@ from .channel import Pool, bootstrap_command, local_command, start_pool
 from .config import SshConfig
 
 ALGORITHMS = ("xxh3-128", "blake2b")  # preferred first; blake2b when a host has no xxh3
+# A target that stops answering is given up after about a minute, not the TCP timeout.
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +49,18 @@ def parse_target(text: str) -> TargetSpec:
 
 
 def ssh_command(spec: TargetSpec, ssh: SshConfig) -> list[str]:
-    """The OpenSSH client in batch mode: no password prompt, no unknown host key accepted."""
-    argv = [
-        "ssh",
-        "-o", "BatchMode=yes",
+    """The OpenSSH client in batch mode: no password prompt, no unknown host key accepted.
+
+    ssh keeps the first value it is given for an option, so BatchMode comes first (it is not
+    negotiable), then the configured `ssh.options`, then our defaults, which they may override.
+    ~/.ssh/config, agents and jump hosts still apply to whatever is not set here."""
+    argv = ["ssh", "-o", "BatchMode=yes"]
+    for option in ssh.options:
+        argv += ["-o", option]
+    argv += [
         "-o", f"ConnectTimeout={max(1, int(ssh.connect_timeout))}",
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=4",
+        "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
+        "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
         "-e", "none",
         "-T",
     ]  # fmt: skip
@@ -60,11 +69,73 @@ def ssh_command(spec: TargetSpec, ssh: SshConfig) -> list[str]:
     port = spec.port or ssh.port
     if port:
         argv += ["-p", str(port)]
-    for option in ssh.options:
-        argv += ["-o", option]
     destination = f"{spec.user}@{spec.host}" if spec.user else str(spec.host)
     remote = " ".join(shlex.quote(arg) for arg in bootstrap_command(ssh.python))
     return [*argv, "--", destination, remote]
+
+
+def _with_detail(cause: str, needle: str, line: str, lines: list[str]) -> str:
+    detail = line.removeprefix("ssh: ").rstrip(".")
+    if needle == "Host key verification failed":
+        # The line before names the key type and the host:port that was looked up.
+        detail = next((x.rstrip(".") for x in lines if "host key is known for" in x), "")
+    elif needle == "REMOTE HOST IDENTIFICATION HAS CHANGED":
+        detail = next((x.rstrip(".") for x in lines if x.startswith("Offending")), "")
+    return f"{cause} ({detail})" if detail else cause
+
+
+# What the OpenSSH client prints when a session fails, and the cause to name for it. The
+# client's own words are kept in the message: they are what an operator searches for.
+_SSH_CAUSES = (
+    (
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "host key verification failed: the host's key "
+        "has CHANGED since it was recorded in known_hosts",
+    ),
+    (
+        "Host key verification failed",
+        "host key verification failed: the host's key is not in known_hosts; an unknown key "
+        "is never accepted (check its fingerprint, then add it)",
+    ),
+    ("Permission denied", "authentication failed"),
+    ("Too many authentication failures", "authentication failed"),
+    ("Could not resolve hostname", "cannot connect"),
+    ("connect to host", "cannot connect"),
+    ("during banner exchange", "cannot connect: the port is open but no SSH server answered"),
+    ("not responding", "the target stopped answering keepalives"),
+    ("closed by remote host", "connection closed by the target"),
+    ("Connection closed by", "connection closed by the target"),
+    ("Connection reset", "connection reset"),
+    ("Broken pipe", "connection lost"),
+)
+
+
+def explain_ssh_failure(stderr: str, code: int | None, *, python: str) -> str:
+    """One line naming why an SSH session ended, from the client's stderr and exit status."""
+    raw = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if code == 255 or code is None:
+        for needle, cause in _SSH_CAUSES:
+            for line in raw:
+                if needle in line:
+                    return _with_detail(cause, needle, line, raw)
+    lines = [x for x in raw if not x.startswith(("@", "Warning: Permanently added"))]
+    last = lines[-1] if lines else ""
+    if code == 127:
+        return (
+            f"cannot start the helper: {python} is not found on the target; install Python 3 "
+            f"there or point ssh.python at it ({last or 'command not found'})"
+        )
+    if code == 126:
+        return f"cannot start the helper: {python} cannot be run on the target ({last})"
+    if "Traceback" in stderr or "SyntaxError" in last:
+        return f"the helper failed on the target (it needs Python 3.6 or later): {last}"
+    if last:
+        return last
+    if code == 255:
+        return "the session ended without a word: the helper on the target was killed or lost"
+    if code is None:
+        return "connection lost"
+    return f"helper exited with status {code}"
 
 
 def open_pool(
@@ -94,4 +165,5 @@ def open_pool(
         algorithms=algorithms,
         read_limit=read_limit,
         timeout=ssh.connect_timeout + 30,
+        explain=functools.partial(explain_ssh_failure, python=ssh.python),
     )

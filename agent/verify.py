@@ -17,7 +17,7 @@ from .cache import HashCache
 from .channel import Pool, default_workers
 from .config import AgentConfig, DirectoryConfig
 from .engine import Engine, ReportSink
-from .errors import AgentError, ConfigError, StateError
+from .errors import AgentError, ConfigError, StateError, TargetError
 from .excludes import ExcludeRules
 from .model import DirCounts, DirResult
 from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target
@@ -71,6 +71,9 @@ class _Pools:
         self.read_limit = int(config.limits.read_mb_per_s * 1_000_000)
         self._targets: dict[str, Pool] = {}
         self._sources: dict[str, Pool] = {}
+        # A machine that could not be reached is not dialled again for each of its
+        # directories in the same run: they all get the first attempt's error at once.
+        self._unreachable: dict[str, TargetError] = {}
 
     def _open(self, spec: TargetSpec, algorithms: tuple[str, ...]) -> Pool:
         pool = open_pool(
@@ -82,13 +85,27 @@ class _Pools:
         )
         self.stack.callback(pool.close)
         if spec.host is not None:
-            log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
+            if pool.algorithm != ALGORITHMS[0]:
+                log.warning(
+                    "%s: neither the xxhash module nor xxh128sum is there: both sides hash "
+                    "with %s (%s) for this target",
+                    spec.key, pool.algorithm, pool.via,
+                )  # fmt: skip
+            else:
+                log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
         return pool
 
     def target(self, spec: TargetSpec) -> Pool:
+        failed = self._unreachable.get(spec.key)
+        if failed is not None:
+            raise failed
         pool = self._targets.get(spec.key)
         if pool is None or not pool.alive:
-            pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
+            try:
+                pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
+            except TargetError as exc:
+                self._unreachable[spec.key] = exc
+                raise
         return pool
 
     def source(self, algorithm: str) -> Pool:
@@ -155,6 +172,7 @@ def _verify_one(
             target=target_text,
             counts=DirCounts(),
             elapsed=time.monotonic() - started,
+            hash_algorithm="",
             error=str(exc),
         )
     engine = Engine(
@@ -172,7 +190,12 @@ def _verify_one(
         spec.path,
         exclude_rules(config, directory),
     )
-    result = replace(result, target=target_text)
+    result = replace(
+        result,
+        target=target_text,
+        hash_algorithm=target_pool.algorithm,
+        hash_via=target_pool.via,
+    )
     c = result.counts
     if result.error:
         log.error("%s: not verified: %s", directory.path, result.error)

@@ -1,0 +1,535 @@
+"""ssh:// targets against a real sshd on loopback: same answers as a local target, and each
+way a session fails ends in one clear line, exit 2, no traceback and no hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.channel import explain_exit
+from agent.config import SshConfig, join_target
+from agent.targets import explain_ssh_failure, parse_target, ssh_command
+
+from .conftest import smsagent_command, write_tree
+from .sshd import Sshd, free_port, keygen, sshd_server  # noqa: F401 - the `sshd` fixture
+
+RUN_TIMEOUT = 60  # a run that takes longer than this has hung
+
+# --- pure parts: command line, target syntax, error wording ------------------------------
+
+
+def test_ssh_command_is_batch_mode_and_user_options_come_before_defaults() -> None:
+    spec = parse_target("ssh://backup@db1:2222/srv")
+    config = SshConfig(
+        identity_file=Path("/k/id"), options=("ConnectTimeout=30", "ProxyJump=bastion")
+    )
+    argv = ssh_command(spec, config)
+    assert argv[:3] == ["ssh", "-o", "BatchMode=yes"]
+    # ssh keeps the first value given for an option: the user's ConnectTimeout wins.
+    assert argv.index("ConnectTimeout=30") < argv.index("ConnectTimeout=10")
+    assert argv.index("ProxyJump=bastion") < argv.index("--")
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[argv.index("-i") + 1] == "/k/id"
+    assert argv[-2] == "backup@db1"
+    assert argv[-1].startswith("python3 -c ")
+
+
+@pytest.mark.parametrize(
+    ("source_path", "remote_path"),
+    [
+        ("/var", b"/var"),
+        ("/data/a#b", b"/data/a#b"),
+        ("/data/q?x", b"/data/q?x"),
+        ("/data/100%41", b"/data/100%41"),
+        ("/data/sp ace", b"/data/sp ace"),
+        ("/data/caf\udce9", b"/data/caf\xe9"),  # a byte that is not UTF-8
+        ("/", b"/"),
+    ],
+)
+def test_a_source_path_under_an_ssh_root_reaches_the_target_unchanged(
+    source_path: str, remote_path: bytes
+) -> None:
+    spec = parse_target(join_target("ssh://root@h:22/", source_path))
+    assert (spec.host, spec.user, spec.port, spec.path) == ("h", "root", 22, remote_path)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "code", "expected"),
+    [
+        (
+            "ssh: connect to host 10.0.0.9 port 22: Connection refused\n",
+            255,
+            "cannot connect (connect to host 10.0.0.9 port 22: Connection refused)",
+        ),
+        (
+            "ssh: connect to host 10.0.0.9 port 22: Connection timed out\n",
+            255,
+            "cannot connect (connect to host 10.0.0.9 port 22: Connection timed out)",
+        ),
+        (
+            "Connection timed out during banner exchange\nConnection to h port 22 timed out\n",
+            255,
+            "cannot connect: the port is open but no SSH server answered (Connection timed out during banner exchange)",
+        ),
+        (
+            "ssh: Could not resolve hostname nohost: Name or service not known\n",
+            255,
+            "cannot connect (Could not resolve hostname nohost: Name or service not known)",
+        ),
+        (
+            "No ED25519 host key is known for [h]:22 and you have requested strict checking.\nHost key verification failed.\n",
+            255,
+            "host key verification failed: the host's key is not in known_hosts; an unknown key is never accepted (check its fingerprint, then add it) (No ED25519 host key is known for [h]:22 and you have requested strict checking)",
+        ),
+        (
+            "@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@@\nOffending ECDSA key in /k/known_hosts:3\nHost key verification failed.\n",
+            255,
+            "host key verification failed: the host's key has CHANGED since it was recorded in known_hosts (Offending ECDSA key in /k/known_hosts:3)",
+        ),
+        (
+            "root@h: Permission denied (publickey).\n",
+            255,
+            "authentication failed (root@h: Permission denied (publickey))",
+        ),
+        (
+            "Connection to h closed by remote host.\n",
+            255,
+            "connection closed by the target (Connection to h closed by remote host)",
+        ),
+        (
+            "Timeout, server h not responding.\n",
+            255,
+            "the target stopped answering keepalives (Timeout, server h not responding)",
+        ),
+        ("", 255, "the session ended without a word: the helper on the target was killed or lost"),
+        (
+            "bash: line 1: python3: command not found\n",
+            127,
+            "cannot start the helper: python3 is not found on the target; install Python 3 there or point ssh.python at it (bash: line 1: python3: command not found)",
+        ),
+        (
+            "Traceback (most recent call last):\n  File x\nAttributeError: 'file' object has no attribute 'buffer'\n",
+            1,
+            "the helper failed on the target (it needs Python 3.6 or later): AttributeError: 'file' object has no attribute 'buffer'",
+        ),
+        ("", 3, "helper exited with status 3"),
+    ],
+)
+def test_ssh_failures_become_one_line(stderr: str, code: int, expected: str) -> None:
+    message = explain_ssh_failure(stderr, code, python="python3")
+    assert message == expected
+    assert "\n" not in message
+
+
+def test_a_local_helper_failure_is_its_last_line() -> None:
+    assert explain_exit("a\nboom\n", 1) == "boom"
+    assert explain_exit("", 9) == "helper exited with status 9"
+
+
+# --- against the real sshd -----------------------------------------------------------------
+
+# Every rule the engine has, in one tree: (source, target) contents per relative path.
+SCENARIO: list[tuple[bytes | str, Any, Any]] = [
+    ("same.txt", "hello\n", "hello\n"),
+    ("empty", "", ""),
+    ("same-size.txt", "aaaa", "bbbb"),
+    ("other-size.txt", "a", "abc"),
+    ("only-source.txt", "x", None),
+    ("only-target.txt", None, "x"),
+    (b"caf\xe9.txt", "latin-1 name", "latin-1 name"),
+    (b"bad\xff\xfe-only-source", "x", None),
+    (b"dir\xff/inside.txt", "same", "same"),
+    (b"dir\xff/changed.txt", "one", "two"),
+    ("new\nline.txt", "1234", "5678"),
+    ("with space .txt", "same", "same"),
+    (" leading", "same", "same"),
+    ("link-same", ("link", "same.txt"), ("link", "same.txt")),
+    ("link-other", ("link", "a"), ("link", "b")),
+    ("link-vs-file", ("link", "same.txt"), "hello\n"),
+    ("file-vs-dir", "x", None),
+    ("file-vs-dir/in-target-dir.txt", None, "x"),
+    ("dir-vs-file/in-source-dir.txt", "x", None),
+    ("dir-vs-file", None, "x"),
+    ("deep/a/b/c/only-source-1.txt", "x", None),
+    ("deep/a/b/c/only-source-2.txt", "y", None),
+    ("extra/x/y/only-target.txt", None, "z"),
+    ("nested/ok/1.txt", "1", "1"),
+    ("nested/ok/2.txt", "2", "22"),
+    ("fifo", ("fifo",), None),
+    ("big-same.bin", b"\x01" * 1_500_000, b"\x01" * 1_500_000),  # streamed, not one read
+    ("big-last-byte.bin", b"\x02" * 1_500_000, b"\x02" * 1_499_999 + b"\x03"),
+]
+# Counted by hand from SCENARIO: a source file (or link) is counted once; a type mismatch
+# is one different entry; a target-only file, also under a target-only or type-mismatched
+# directory, is "more"; the FIFO is skipped.
+EXPECTED = {
+    "num_total_files": 23,
+    "num_identical_files": 9,
+    "num_different_files": 9,
+    "num_target_miss_files": 5,
+    "num_target_more_files": 4,
+    "num_error_files": 0,
+    "num_skipped_special": 1,
+}
+
+
+def build_scenario(src: Path, dst: Path) -> None:
+    src_spec: dict[bytes | str, object] = {}
+    dst_spec: dict[bytes | str, object] = {}
+    for rel, on_src, on_dst in SCENARIO:
+        if on_src is not None:
+            src_spec[rel] = on_src
+        if on_dst is not None:
+            dst_spec[rel] = on_dst
+    write_tree(src, src_spec)
+    write_tree(dst, dst_spec)
+
+
+def run_verify(
+    tmp_path: Path, directories: list[dict[str, str]], ssh: dict[str, Any] | None, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None, float]:
+    """`smsagent verify --json` as a subprocess; the JSON document (None if there is none)."""
+    config: dict[str, Any] = {"directories": directories}
+    if ssh is not None:
+        config["ssh"] = ssh
+    config_file = tmp_path / f"agent-{time.monotonic_ns()}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SMSAGENT_")}
+    started = time.monotonic()
+    done = subprocess.run(
+        [*smsagent_command(), "verify", "--config", str(config_file), "--no-upload",
+         "--state-dir", str(tmp_path / "state"), "--json", *extra],
+        capture_output=True, text=True, errors="surrogateescape", env=environ,
+        timeout=RUN_TIMEOUT, cwd=tmp_path,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    document = json.loads(done.stdout) if done.stdout.strip() else None
+    return done, document, elapsed
+
+
+COUNT_KEYS = (*EXPECTED, "files_hashed", "bytes_hashed", "error", "error_samples", "dir_check")
+
+
+def counts(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: d[k] for k in COUNT_KEYS} for d in document["directories"]]
+
+
+def python_wrapper(folder: Path, name: str, *, path: str | None) -> str:
+    """A python3 for ssh.python that cannot import xxhash (-S: no site-packages), and that
+    sees only `path` as PATH when given (to hide xxh128sum)."""
+    script = folder / name
+    env = f"PATH={path} " if path is not None else ""
+    script.write_text(f'#!/bin/sh\n{env}exec "{sys.executable}" -I -S "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> tuple[Path, Path]:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build_scenario(src, dst)
+    return src, dst
+
+
+@pytest.mark.parametrize("via", ["python-xxhash", "xxh128sum", "hashlib"])
+def test_ssh_target_gives_the_same_counts_and_report_as_a_local_one(
+    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path, via: str
+) -> None:
+    src, dst = scenario
+    if via == "python-xxhash":
+        python = sys.executable  # the agent's own Python has xxhash
+    elif via == "xxh128sum":
+        if shutil.which("xxh128sum") is None:
+            pytest.skip("no xxh128sum program (Debian package xxhash)")
+        python = python_wrapper(tmp_path, "py-no-xxhash", path=None)
+    else:
+        empty = tmp_path / "empty-bin"
+        empty.mkdir()
+        python = python_wrapper(tmp_path, "py-bare", path=str(empty))
+    algorithm = "blake2b" if via == "hashlib" else "xxh3-128"
+
+    local_report, ssh_report = tmp_path / "local.report", tmp_path / "ssh.report"
+    local, local_doc, _ = run_verify(
+        tmp_path, [{"path": str(src), "target": str(dst)}], None,
+        "--no-cache", "--report", str(local_report),
+    )  # fmt: skip
+    remote, ssh_doc, _ = run_verify(
+        tmp_path, [{"path": str(src), "target": sshd.url(dst)}], sshd.ssh_section(python=python),
+        "--no-cache", "--report", str(ssh_report),
+    )  # fmt: skip
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert local_doc is not None and ssh_doc is not None
+    assert counts(ssh_doc) == counts(local_doc)
+    assert {k: ssh_doc["directories"][0][k] for k in EXPECTED} == EXPECTED
+    assert ssh_doc["consistency_result"] == local_doc["consistency_result"]
+    # The per-file report is the same set of lines (their order follows reply timing).
+    local_lines = sorted(local_report.read_text().splitlines())
+    assert sorted(ssh_report.read_text().splitlines()) == local_lines
+    assert f"+ {src}/bad\\xff\\xfe-only-source" in local_lines
+    assert f"* {src}/new\\nline.txt" in local_lines
+    assert f"- {src}/extra/x/y/only-target.txt" in local_lines
+    # Which algorithm, and how, is said for the target in the JSON.
+    machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert ssh_doc["hashing"] == [{"target": machine, "hash_algorithm": algorithm, "hash_via": via}]
+    assert ssh_doc["directories"][0]["hash_via"] == via
+    assert "Traceback" not in remote.stderr
+
+
+def test_human_output_says_how_the_target_hashed(
+    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, dst = scenario
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    config = tmp_path / "agent.yaml"
+    python = python_wrapper(tmp_path, "py-bare", path=str(empty))
+    config.write_text(yaml.safe_dump({
+        "directories": [{"path": str(src), "target": sshd.url(dst)}],
+        "ssh": sshd.ssh_section(python=python),
+    }))  # fmt: skip
+    done = subprocess.run(
+        [*smsagent_command(), "verify", "--config", str(config), "--no-upload",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert (
+        f"hashing on {machine}: blake2b via hashlib "
+        "(fallback: neither the xxhash module nor xxh128sum is there)"
+    ) in done.stdout.splitlines()
+    assert "both sides hash with blake2b" in done.stderr  # the warning
+
+
+def test_a_global_ssh_root_maps_each_directory_under_it(sshd: Sshd, tmp_path: Path) -> None:
+    # /x/src on the source <-> ROOT/x/src on the target, as for a local root; the source path
+    # holds URL syntax and a byte that is not UTF-8, given on the command line.
+    src = os.fsencode(tmp_path) + b"/data#1 %41?\xff/src"
+    root = tmp_path / "mirror"
+    write_tree(src, {"a.txt": "1", b"sub/\xe9": "2"})
+    write_tree(os.fsencode(root) + src, {"a.txt": "1", b"sub/\xe9": "2", "more": "3"})
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text(yaml.safe_dump({"ssh": sshd.ssh_section(python=sys.executable)}))
+    done = subprocess.run(
+        [*smsagent_command(), "verify", "--config", str(config_file), "--no-upload",
+         "--state-dir", str(tmp_path / "state"), "--json",
+         "--dir", os.fsdecode(src), "--target", sshd.url(root)],
+        capture_output=True, text=True, errors="surrogateescape", timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    entry = json.loads(done.stdout)["directories"][0]
+    assert entry["error"] is None
+    counted = (
+        entry["num_total_files"],
+        entry["num_identical_files"],
+        entry["num_target_more_files"],
+    )
+    assert counted == (2, 2, 1)
+
+
+def _failure_cases(sshd: Sshd, tmp_path: Path) -> dict[str, tuple[str, dict[str, Any], str]]:
+    """name -> (target port, ssh section, expected words in the error)."""
+    wrong_key = tmp_path / "wrong_key"
+    keygen(wrong_key)
+    empty_known = tmp_path / "empty_known_hosts"
+    empty_known.write_text("")
+    good = sshd.ssh_section(python=sys.executable)
+    chatty = tmp_path / "chatty-python"  # as if a login script printed a banner on stdout
+    chatty.write_text(f'#!/bin/sh\necho "Welcome to db1"\nexec "{sys.executable}" "$@"\n')
+    chatty.chmod(0o755)
+    unknown_host = dict(good)
+    unknown_host["options"] = [
+        f"UserKnownHostsFile={empty_known}",
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+    ]
+    return {
+        "unknown host key": (str(sshd.port), unknown_host, "host key verification failed"),
+        "wrong key": (str(sshd.port), dict(good, identity_file=str(wrong_key)),
+                      "authentication failed (root@127.0.0.1: Permission denied (publickey))"
+                      if sshd.user == "root" else "Permission denied (publickey)"),
+        "closed port": (str(free_port()), good, "cannot connect (connect to host 127.0.0.1 port"),
+        "no python": (str(sshd.port), dict(good, python="/nonexistent/python3"),
+                      "/nonexistent/python3 is not found on the target"),
+        "chatty login": (str(sshd.port), dict(good, python=str(chatty)),
+                         "unexpected output instead of the helper's first answer: 'Welcome to db1'"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown host key", "wrong key", "closed port", "no python", "chatty login"]
+)
+def test_a_session_that_cannot_start_is_one_clear_line_and_exit_2(
+    sshd: Sshd, tmp_path: Path, case: str
+) -> None:
+    port, ssh, words = _failure_cases(sshd, tmp_path)[case]
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    other_src, other_dst = tmp_path / "src2", tmp_path / "dst2"
+    write_tree(src, {"a": "1"})
+    write_tree(dst, {"a": "1"})
+    write_tree(other_src, {"b": "2"})
+    write_tree(other_dst, {"b": "2"})
+    url = f"ssh://{sshd.user}@127.0.0.1:{port}{dst}"
+    directories = [
+        {"path": str(src), "target": url},
+        {"path": str(src / "missing-on-purpose"), "target": url + "/x"},  # same machine
+        {"path": str(other_src), "target": str(other_dst)},  # a local target still verified
+    ]
+    done, document, elapsed = run_verify(tmp_path, directories, ssh)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert document is not None
+    failed, again, local = document["directories"]
+    machine = f"ssh://{sshd.user}@127.0.0.1:{port}"
+    assert failed["error"].startswith(f"{machine}: ")
+    assert words in failed["error"]
+    assert "\n" not in failed["error"]
+    assert again["error"] == failed["error"]  # the machine is not dialled twice in one run
+    assert local["error"] is None and local["num_identical_files"] == 1
+    # Only what was verified would be posted.
+    assert document["consistency_result"] == [
+        {"dir_check": str(other_src), "num_total_files": 1, "num_different_files": 0,
+         "num_target_miss_files": 0, "num_target_more_files": 0}
+    ]  # fmt: skip
+    assert elapsed < 30
+
+
+def test_a_port_where_nothing_speaks_ssh_fails_within_the_connect_timeout(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write_tree(src, {"a": "1"})
+    with socket.socket() as silent:  # accepts the connection, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        url = f"ssh://{sshd.user}@127.0.0.1:{port}{tmp_path / 'dst'}"
+        ssh = sshd.ssh_section(python=sys.executable, connect_timeout=1)
+        done, document, elapsed = run_verify(tmp_path, [{"path": str(src), "target": url}], ssh)
+    assert done.returncode == 2
+    assert document is not None
+    assert "no SSH server answered" in document["directories"][0]["error"]
+    assert elapsed < 15
+
+
+def _remote_helper(sshd: Sshd, deadline: float) -> int:
+    """The pid of the helper the server started (a descendant of the listener)."""
+    while time.monotonic() < deadline:
+        for pid in sshd.children():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"smsagent-helper" in f.read():
+                        return pid
+            except OSError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError("the helper never started on the target")
+
+
+@pytest.mark.parametrize("victim", ["helper", "session", "frozen"])
+def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
+    sshd: Sshd, tmp_path: Path, victim: str
+) -> None:
+    # Enough data, read slowly (limits.read_mb_per_s), that the kill lands mid-run.
+    big = {f"d{i}/f{j}": os.urandom(20_000) for i in range(20) for j in range(10)}
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, big)
+    write_tree(dst, big)
+    other_src, other_dst = tmp_path / "src2", tmp_path / "dst2"
+    write_tree(other_src, {"b": "2", "c/d": "3"})
+    write_tree(other_dst, {"b": "2", "c/d": "3"})
+    config = {
+        "directories": [
+            {"path": str(src), "target": sshd.url(dst)},
+            {"path": str(other_src), "target": str(other_dst)},
+        ],
+        "ssh": sshd.ssh_section(python=sys.executable),
+        "limits": {"read_mb_per_s": 1},
+    }
+    # ssh.options come first, so they override the agent's keepalive defaults (15 s x 4).
+    config["ssh"]["options"] += ["ServerAliveInterval=1", "ServerAliveCountMax=2"]
+    expected = {
+        "helper": "the session ended without a word",
+        "session": "connection closed by the target",
+        "frozen": "the target stopped answering keepalives",
+    }
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    before = set(sshd.children())
+    process = subprocess.Popen(
+        [*smsagent_command(), "verify", "--config", str(config_file), "--no-upload",
+         "--no-cache", "--state-dir", str(tmp_path / "state"), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        helper = _remote_helper(sshd, time.monotonic() + 20)
+        time.sleep(0.5)  # let it list and start hashing
+        if victim == "helper":
+            os.kill(helper, signal.SIGKILL)
+        else:
+            # The server's process for this connection: killed, the TCP session is torn
+            # down; stopped, the host looks frozen and only keepalives can tell.
+            session = [pid for pid in sshd.children() if pid not in before]
+            os.kill(min(session), signal.SIGKILL if victim == "session" else signal.SIGSTOP)
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 2, err
+    assert "Traceback" not in err
+    document = json.loads(out)
+    lost, local = document["directories"]
+    machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert lost["error"] and lost["error"].startswith(machine), lost
+    assert expected[victim] in lost["error"]
+    assert "\n" not in lost["error"]
+    assert local["error"] is None
+    assert (local["num_total_files"], local["num_identical_files"]) == (2, 2)
+    # The lost directory is kept local: it is not posted as if it were consistent.
+    assert [e["dir_check"] for e in document["consistency_result"]] == [str(other_src)]
+    assert document["consistent"] is False
+
+
+@pytest.mark.skipif(shutil.which("xxh128sum") is None, reason="no xxh128sum (package xxhash)")
+def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path) -> None:
+    import xxhash
+
+    from agent import helper
+
+    count = helper.PROGRAM_BATCH + 5  # more than one batch
+    contents = {f"f{i:04}": os.urandom(i * 37) for i in range(count)}
+    contents["new\nline \\ name"] = b"odd name"
+    write_tree(tmp_path, contents)
+    names = sorted(contents)
+    st = {n: os.lstat(tmp_path / n) for n in names}
+    (tmp_path / names[3]).unlink()  # vanished after the listing
+    os.unlink(tmp_path / names[7])
+    os.mkfifo(tmp_path / names[7])  # replaced by a FIFO: must not block
+    worker = helper.Worker()
+    worker.hasher = helper.Hasher("xxh3-128", 0)
+    worker.hasher.via = "xxh128sum"  # as on a host without the xxhash module
+    digests, errors, stats, total = worker.hash_files(
+        os.fsencode(tmp_path).decode("latin-1"),
+        [n.encode().decode("latin-1") for n in names],
+        [st[n].st_size for n in names],
+        [st[n].st_mtime_ns for n in names],
+        True,
+    )
+    assert errors == {"3": "vanished before it was read", "7": "is no longer a regular file"}
+    for i, name in enumerate(names):
+        if str(i) not in errors:
+            assert digests[i] == xxhash.xxh3_128_hexdigest(contents[name]), name
+            assert stats[i][1] == len(contents[name])
+    assert total == sum(len(contents[n]) for i, n in enumerate(names) if str(i) not in errors)
