@@ -207,7 +207,12 @@ class _Run:
             if e.stop.is_set():
                 self._abandon()
                 raise Interrupted("interrupted before the directory was fully verified")
-            while self.stack and self.open < MAX_OPEN_DIRS and self._room_to_list():
+            # With nothing in flight a directory is always started, whatever the counters say.
+            while (
+                self.stack
+                and self.open < MAX_OPEN_DIRS
+                and (self._room_to_list() or not self.inflight)
+            ):
                 self._start(self.stack.pop())
             if not self.inflight:
                 continue
