@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import click
 
-from . import __version__, delivery, output
+from . import __version__, output
 from .config import AgentConfig, find_config, load_config, normalise_dir, render
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
@@ -177,6 +177,8 @@ def verify(
 
 def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) -> dict[str, Any]:
     """Queue the results in the outbox, then try once to deliver what is due."""
+    from . import delivery  # imported here: requests is slow to load and --no-upload needs none
+
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
         return {**note, "message": "Nothing uploaded (--no-upload)."}
@@ -283,6 +285,8 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
 )
 def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     """Deliver the queued results now, ignoring their backoff; exit 3 if some stay queued."""
+    from . import delivery
+
     config = _load(config_path).with_overrides(state_dir=state_dir)
     deadline = time.time() + wait if wait else None
     report = delivery.flush(config, deadline=deadline, force=True)
@@ -298,6 +302,8 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def status(config_path: str | None, state_dir: str | None, remote: bool, as_json: bool) -> None:
     """Show the last result per directory and what is pending or dead-lettered."""
+    from . import delivery
+
     config = _load(config_path).with_overrides(state_dir=state_dir)
     local = delivery.status(config)
     if as_json:

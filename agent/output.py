@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .delivery import FlushReport, StatusReport
 from .model import DirResult
 from .report import escape
 from .targets import ALGORITHMS, parse_target
+
+if TYPE_CHECKING:  # delivery pulls in requests, which `verify --no-upload` never needs
+    from .delivery import FlushReport, StatusReport
 
 
 def human_bytes(n: int) -> str:
