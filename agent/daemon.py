@@ -358,8 +358,11 @@ class Daemon:
             results = self._verify(config, directories, stop=self.stop)
             elapsed = self._monotonic() - started
             if self.stop.is_set():
-                log.info("stopping: the results of the interrupted run are not queued")
-            else:
+                # Directories finished before the stop are kept; the one cut short is not.
+                results = [r for r in results if r.error is None]
+                log.info("stopping: queueing the %d directories verified before the stop",
+                         len(results))  # fmt: skip
+            if results:
                 summary = summarize(results, elapsed)
                 report = delivery.enqueue(config, results)
                 queued = report.queued

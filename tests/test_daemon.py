@@ -200,7 +200,7 @@ def test_sigterm_stops_a_verification_in_progress(
     code, took = agent.terminate()
     assert code == 0 and took < 10, agent.log()
     assert emulator.received == []
-    assert "interrupted run are not queued" in agent.log()
+    assert "queueing the 0 directories verified before the stop" in agent.log()
 
 
 def test_sigkill_then_restart_delivers_everything(
