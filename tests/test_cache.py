@@ -1,0 +1,79 @@
+"""The hash cache's own bookkeeping, on a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from agent.cache import HashCache
+from agent.config import parse_config
+from agent.verify import run_verification
+
+from .conftest import write_tree
+
+DAY = 86400
+
+
+def test_rows_round_trip_and_are_keyed_by_device_and_algorithm(tmp_path: Path) -> None:
+    cache = HashCache(tmp_path)
+    cache.save("local", b"/d", 7, "xxh3-128", {11: [5, 100, 200, "ab"]})
+    cache.commit()
+    assert cache.load("local", b"/d", 7, "xxh3-128") == {11: [5, 100, 200, "ab"]}
+    assert cache.load("local", b"/d", 8, "xxh3-128") == {}  # another filesystem now
+    assert cache.load("local", b"/d", 7, "blake2b") == {}
+    assert cache.load("ssh://h", b"/d", 7, "xxh3-128") == {}
+    cache.close()
+    reopened = HashCache(tmp_path)
+    assert reopened.count() == 1
+    assert reopened.clear() == 1 and reopened.count() == 0
+    reopened.close()
+
+
+def test_size_is_bounded_by_dropping_the_least_recently_seen(tmp_path: Path) -> None:
+    now = time.time()
+    for age_days, path in ((10, b"/old"), (5, b"/mid"), (0, b"/new")):
+        cache = HashCache(tmp_path, max_entries=1000, clock=lambda a=age_days: now - a * DAY)
+        cache.save("local", path, 1, "xxh3-128", {i: [1, 1, 1, "x"] for i in range(600)})
+        cache.close()
+    cache = HashCache(tmp_path, max_entries=1000, clock=lambda: now)
+    assert cache.count() == 1800
+    assert cache.prune() == 2
+    assert cache.count() == 600
+    assert cache.load("local", b"/new", 1, "xxh3-128") != {}
+    assert cache.load("local", b"/old", 1, "xxh3-128") == {}
+    cache.close()
+
+
+def test_directories_unseen_for_a_month_are_dropped(tmp_path: Path) -> None:
+    now = time.time()
+    cache = HashCache(tmp_path, clock=lambda: now - 40 * DAY)
+    cache.save("local", b"/gone", 1, "xxh3-128", {1: [1, 1, 1, "x"]})
+    cache.close()
+    cache = HashCache(tmp_path, clock=lambda: now)
+    assert cache.prune() == 1 and cache.count() == 0
+    cache.close()
+
+
+def test_a_deleted_file_leaves_the_cache_when_its_directory_is_seen_again(tmp_path: Path) -> None:
+    old = 1_600_000_000
+    spec = {"a": "alpha", "b": "bravo", "c": "charl"}
+    for side in ("src", "tgt"):
+        write_tree(tmp_path / side, spec)
+        for name in spec:
+            os.utime(tmp_path / side / name, (old, old))
+    time.sleep(2.2)  # past the racy window for the ctime set just now
+    config = parse_config({"directories": [{"path": str(tmp_path / "src"),
+                                            "target": str(tmp_path / "tgt")}],
+                           "state_dir": str(tmp_path / "state")})  # fmt: skip
+    run_verification(config, config.directories)
+    cache = HashCache(tmp_path / "state")
+    assert cache.count() == 6  # three files on each side
+    cache.close()
+    for side in ("src", "tgt"):
+        os.unlink(tmp_path / side / "c")
+    [result] = run_verification(config, config.directories)
+    assert result.counts.cache_hits == 4 and result.counts.files_hashed == 0
+    cache = HashCache(tmp_path / "state")
+    assert cache.count() == 4
+    cache.close()
