@@ -440,17 +440,26 @@ class _Run:
 
     def _settle(self, task: _Task) -> None:
         prefix = task.rel + b"/" if task.rel else b""
-        quiet = self.e.report is None
-        tally = self.tally
+        same: list[str] = []  # the common case, counted and reported in bulk
         for (s, _), (sd, se), (td, te) in zip(
             task.pairs, task.src_digests, task.tgt_digests, strict=True
         ):
-            if quiet and se is None and te is None and sd == td:
-                tally.identical += 1  # the common case, kept cheap
-                tally.total += 1
+            if se is None and te is None and sd == td:
+                same.append(s[NAME])
                 continue
             verdict, reason = judge_digests(sd, se, td, te)
             self._verdict(verdict, prefix + s[NAME].encode("latin-1"), reason)
+        self.tally.identical += len(same)
+        self.tally.total += len(same)
+        report = self.e.report
+        if report is not None and same:
+            rels = [prefix + name.encode("latin-1") for name in same]
+            bulk = getattr(report, "many", None)
+            if bulk is not None:
+                bulk(self.dir_check, Verdict.IDENTICAL, rels)
+            else:
+                for rel in rels:
+                    report(self.dir_check, Verdict.IDENTICAL, rel, None)
         self.e.files_done += len(task.pairs)
         if task.cache_new:
             self._save_cache(task)

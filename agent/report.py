@@ -55,3 +55,10 @@ class ReportWriter:
             line += f"\t{reason}"
         self.stream.write(line + "\n")
         self.lines += 1
+
+    def many(self, dir_check: str, verdict: Verdict, rels: list[bytes]) -> None:
+        """Lines for many paths with the same verdict and no reason, in one write."""
+        base = dir_check.rstrip("/")
+        mark = verdict.value
+        self.stream.write("".join([f"{mark} {base}/{escape(rel)}\n" for rel in rels]))
+        self.lines += len(rels)
