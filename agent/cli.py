@@ -91,7 +91,7 @@ def _absolute(path: str) -> str:
     "--report",
     "report_path",
     metavar="FILE",
-    help="Write a per-file list (rclone --combined style) to FILE.",
+    help="Write a per-file list (rclone --combined style) to FILE; - for stdout.",
 )
 @click.option("--no-cache", is_flag=True, help="Hash every compared file, ignoring the cache.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Helpers per side (limits.workers).")
