@@ -174,3 +174,22 @@ def test_unreadable_file_is_different_with_its_reason(tmp_path) -> None:
     reasons = " ".join(detail["error_samples"])
     assert "closed: source: cannot open: Permission denied" in reasons
     assert "locked: source: cannot list: Permission denied" in reasons
+
+
+def test_progress_only_on_a_terminal(pair, tmp_path) -> None:
+    import pty
+
+    src, root = pair
+    args = [*smsagent_command(), "verify", "--dir", str(src), "--target", str(root),
+            "--no-upload", "--state-dir", str(tmp_path / "st")]  # fmt: skip
+    piped = subprocess.run(args, capture_output=True, timeout=60)
+    assert b"\x1b[K" not in piped.stderr and b"files," not in piped.stderr
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(args, stdout=follower, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"\r\x1b[K" in done.stderr  # the line is drawn, then cleared at the end
+    assert b"files," in done.stderr and b"hashed" in done.stderr
