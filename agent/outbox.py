@@ -191,11 +191,7 @@ class Outbox:
         def run(db: sqlite3.Connection) -> None:
             nonlocal removed
             for p in sent:
-                cur = db.execute(
-                    "DELETE FROM pending WHERE task_id = ? AND dir_check = ? AND version = ?",
-                    (task_id, p.entry.dir_check, p.version),
-                )
-                removed += cur.rowcount
+                removed += _remove_version(db, task_id, p)
                 db.execute(
                     "UPDATE last_results SET state = 'delivered', detail = NULL, delivered_at = ? "
                     "WHERE dir_check = ? AND task_id = ? AND entry = ?",
@@ -241,11 +237,7 @@ class Outbox:
         def run(db: sqlite3.Connection) -> None:
             nonlocal moved
             for p in items:
-                cur = db.execute(
-                    "DELETE FROM pending WHERE task_id = ? AND dir_check = ? AND version = ?",
-                    (task_id, p.entry.dir_check, p.version),
-                )
-                if cur.rowcount == 0:
+                if not _remove_version(db, task_id, p):
                     continue  # replaced by a newer result meanwhile: that one gets its chance
                 moved += 1
                 db.execute(
@@ -330,3 +322,11 @@ class Outbox:
             LastResult(r[0], r[1], _load(r[2]) if r[2] else None, r[3], r[4], r[5], r[6])
             for r in rows
         ]
+
+
+def _remove_version(db: sqlite3.Connection, task_id: str, p: Pending) -> int:
+    """Delete exactly the queued version that was sent; a newer one replacing it stays."""
+    return db.execute(
+        "DELETE FROM pending WHERE task_id = ? AND dir_check = ? AND version = ?",
+        (task_id, p.entry.dir_check, p.version),
+    ).rowcount
