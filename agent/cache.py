@@ -9,7 +9,6 @@ a rewritten row keeps only the files the directory still holds.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
@@ -23,8 +22,7 @@ CACHE_FILE = "hashcache.db"
 _DAY = 86400
 _KEEP_UNSEEN_DAYS = 30  # directories not verified for this long are dropped
 
-# ino -> [size, mtime_ns, ctime_ns, digest]; the device is part of the row's key.
-DirEntries = dict[int, list]
+# A row holds JSON {"ino": [size, mtime_ns, ctime_ns, digest]}, with its device beside it.
 
 
 class HashCache:
@@ -48,14 +46,15 @@ class HashCache:
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{self.path}: cannot open the hash cache: {exc}") from None
 
-    def load(self, scope: str, path: bytes, dev: int, algorithm: str) -> DirEntries:
-        """The cached entries of one directory (empty when unknown or made otherwise)."""
+    def load_row(self, scope: str, path: bytes, algorithm: str) -> tuple[int, str] | None:
+        """One directory's row as (device, JSON text of its entries), None when unknown.
+        The text goes to the helper unparsed, which checks the device against its own."""
         row = self._db.execute(
             "SELECT dev, algorithm, entries, seen_day FROM directories WHERE scope=? AND path=?",
             (scope, path),
         ).fetchone()
-        if row is None or row[0] != dev or row[1] != algorithm:
-            return {}
+        if row is None or row[1] != algorithm:
+            return None
         if row[3] != self._today:
             # Marked as seen at most once a day, so a warm run does not rewrite every row.
             self._db.execute(
@@ -63,18 +62,19 @@ class HashCache:
                 (self._today, scope, path),
             )
             self._note_write()
-        return {int(ino): value for ino, value in json.loads(row[2]).items()}
+        return int(row[0]), str(row[2])
 
-    def save(self, scope: str, path: bytes, dev: int, algorithm: str, entries: DirEntries) -> None:
-        """Replace one directory's entries; an empty mapping drops the row."""
-        if not entries:
+    def save_row(self, scope: str, path: bytes, algorithm: str, dev: int, entries: str) -> None:
+        """Replace one directory's row; a row with no entries is dropped."""
+        # Each entry's value is one flat JSON list, so "[" counts the entries.
+        count = entries.count("[")
+        if not count:
             self._db.execute("DELETE FROM directories WHERE scope=? AND path=?", (scope, path))
         else:
             self._db.execute(
                 "INSERT OR REPLACE INTO directories VALUES (?,?,?,?,?,?,?)",
-                (scope, path, dev, algorithm, json.dumps(entries, separators=(",", ":")),
-                 len(entries), self._today),
-            )  # fmt: skip
+                (scope, path, dev, algorithm, entries, count, self._today),
+            )
         self._note_write()
 
     def _note_write(self) -> None:

@@ -1,9 +1,10 @@
 """Pure comparison rules: merge two sorted directory listings into verdicts and further work.
 
-An entry is a list as the helper sends it: [name, kind, size, mtime_ns, ctime_ns, ino, dev,
-link]. Kinds: "f" file, "l" symlink, "d" directory, "s" socket/FIFO/device, "p" a directory
-not to enter (pseudo filesystem, other filesystem, excluded), "e" cannot be examined (the last
-field holds why), "gone" vanished while being listed.
+An entry is a list as the helper's scan sends it: [name, kind, size, value], and for a file
+not yet hashed also its mtime_ns. Kinds: "f" file (value: its digest, or None when it must
+still be read), "l" symlink (value: where it points), "d" directory, "s" socket/FIFO/device,
+"p" a directory not to enter (pseudo filesystem, other filesystem), "e" cannot be examined
+(value: why), "gone" vanished while being listed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from .model import Verdict
 
 Entry = list[Any]
-NAME, KIND, SIZE, MTIME, CTIME, INO, DEV, LINK = range(8)
+NAME, KIND, SIZE, VALUE, MTIME = range(5)
 COMPARED = ("f", "l")  # the kinds that are counted
 
 
@@ -22,16 +23,28 @@ COMPARED = ("f", "l")  # the kinds that are counted
 class Merged:
     """What one directory's two listings decide, and what they leave to do."""
 
+    identical: list[str] = field(default_factory=list)  # the common case, kept apart
     verdicts: list[tuple[Verdict, str, str | None]] = field(default_factory=list)
     subdirs: list[tuple[str, bool, bool]] = field(default_factory=list)  # name, on src, on tgt
-    to_hash: list[tuple[Entry, Entry]] = field(default_factory=list)  # same-size file pairs
+    # Same-size file pairs of which at least one side still has to be read.
+    to_hash: list[tuple[Entry, Entry]] = field(default_factory=list)
     specials: int = 0  # sockets, FIFOs and devices on the source, never compared
 
 
-def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None = None) -> Merged:
+def merge(
+    src: list[Entry],
+    tgt: list[Entry],
+    *,
+    target_unreadable: str | None = None,
+    complete: bool = False,
+) -> Merged:
     """Walk both sorted listings at once; `target_unreadable` marks a target that could not
-    be listed here, so source files are errors, not missing."""
+    be listed here, so source files are errors, not missing. `complete` says both listings
+    carry every file's digest and no error, so equal listings are identical directories."""
     out = Merged()
+    if complete and not target_unreadable and src == tgt:
+        _merge_equal(out, src)
+        return out
     if not target_unreadable and len(src) == len(tgt) and _same_names(src, tgt):
         _merge_aligned(out, src, tgt)
         return out
@@ -55,12 +68,24 @@ def _same_names(src: list[Entry], tgt: list[Entry]) -> bool:
     return all(s[NAME] == t[NAME] for s, t in zip(src, tgt, strict=True))
 
 
+def _merge_equal(out: Merged, entries: list[Entry]) -> None:
+    """Two equal, complete listings: every file is identical, nothing is left to read."""
+    identical, subdirs = out.identical, out.subdirs
+    for entry in entries:
+        kind = entry[KIND]
+        if kind == "f" or kind == "l":
+            identical.append(entry[NAME])
+        elif kind == "d":
+            subdirs.append((entry[NAME], True, True))
+        elif kind == "s":
+            out.specials += 1
+
+
 def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:
     """The common case of a migrated copy: the same names on both sides."""
-    to_hash = out.to_hash
     for s, t in zip(src, tgt, strict=True):
         if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE] and s[SIZE]:
-            to_hash.append((s, t))
+            _same_size(out, s, t)
         else:
             _both(out, s, t)
 
@@ -75,7 +100,7 @@ def _source_only(out: Merged, s: Entry, target_unreadable: str | None) -> None:
     elif kind == "d":
         out.subdirs.append((s[NAME], True, False))
     elif kind == "e":
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[LINK]}"))
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[VALUE]}"))
     elif kind == "s":
         out.specials += 1
 
@@ -88,7 +113,7 @@ def _target_only(out: Merged, t: Entry) -> None:
         out.subdirs.append((t[NAME], False, True))
     elif kind == "e":
         # Something is there that could not be examined: never call that consistent.
-        out.verdicts.append((Verdict.MORE, t[NAME], f"target: {t[LINK]}"))
+        out.verdicts.append((Verdict.MORE, t[NAME], f"target: {t[VALUE]}"))
 
 
 def _both(out: Merged, s: Entry, t: Entry) -> None:
@@ -117,26 +142,39 @@ def _both(out: Merged, s: Entry, t: Entry) -> None:
             _target_only(out, t)
         return
     if skind == "e":
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[LINK]}"))
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[VALUE]}"))
         if tkind == "d":
             out.subdirs.append((t[NAME], False, True))
         return
     # The source holds a file or symlink here.
     if tkind == "e":
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {t[LINK]}"))
+        out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {t[VALUE]}"))
     elif tkind != skind:
         out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
         if tkind == "d":
             out.subdirs.append((t[NAME], False, True))
     elif skind == "l":
-        same = s[LINK] == t[LINK]
-        out.verdicts.append((Verdict.IDENTICAL if same else Verdict.DIFFERENT, s[NAME], None))
+        _equal_if(out, s[VALUE] == t[VALUE], s[NAME])
     elif s[SIZE] != t[SIZE]:
         out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
     elif s[SIZE] == 0:
-        out.verdicts.append((Verdict.IDENTICAL, s[NAME], None))  # nothing to read
+        out.identical.append(s[NAME])  # nothing to read
     else:
+        _same_size(out, s, t)
+
+
+def _same_size(out: Merged, s: Entry, t: Entry) -> None:
+    if s[VALUE] is None or t[VALUE] is None:
         out.to_hash.append((s, t))
+    else:
+        _equal_if(out, s[VALUE] == t[VALUE], s[NAME])
+
+
+def _equal_if(out: Merged, same: bool, name: str) -> None:
+    if same:
+        out.identical.append(name)
+    else:
+        out.verdicts.append((Verdict.DIFFERENT, name, None))
 
 
 def judge_digests(

@@ -1,13 +1,15 @@
 """Compare one directory tree on the source with its target through two pools of helpers.
 
-The engine drives the walk: it asks both sides for one directory's sorted listing, merges
-them (compare.merge), asks for digests only of same-size file pairs whose digests the cache
-does not already know, and keeps several directories in flight so that both sides' helpers
+The engine drives the walk: it asks both sides to scan one directory (list it sorted, and
+digest its small files on the spot unless the hash cache row sent along vouches for them),
+merges the two scans (compare.merge), asks for digests only of the same-size pairs still
+unread (large files), and keeps several directories in flight so that both sides' helpers
 stay busy. It holds only the directories in flight, never the whole tree.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import DirEntries, HashCache
+from .cache import HashCache
 from .channel import Channel, Pool, Reply, call, wait_for_replies
-from .compare import CTIME, DEV, INO, KIND, MTIME, NAME, SIZE, Entry, judge_digests, merge
+from .compare import KIND, MTIME, NAME, SIZE, VALUE, Entry, judge_digests, merge
 from .errors import AgentError, TargetError
 from .excludes import ExcludeRules
 from .model import DirCounts, DirResult, Verdict
@@ -94,14 +96,17 @@ class _Task:
     target_unreadable: str | None = None
     src: list[Entry] | None = None
     tgt: list[Entry] | None = None
+    complete: int = 0  # how many sides sent a scan with every digest in it
     waiting: int = 0
     pairs: list[tuple[Entry, Entry]] = field(default_factory=list)
     src_digests: list[Any] = field(default_factory=list)  # per pair: (digest, error)
     tgt_digests: list[Any] = field(default_factory=list)
-    # The hash cache's entries for this directory on each side: as loaded, and as they
-    # should be saved once every digest is in.
-    cache_old: dict[str, DirEntries] = field(default_factory=dict)
-    cache_new: dict[str, DirEntries] = field(default_factory=dict)
+    # Per side, the hash cache row as loaded (dev, JSON text), and as the scan and later
+    # digests say it should be saved once every digest is in.
+    cache_old: dict[str, tuple[int, str]] = field(default_factory=dict)
+    cache_new: dict[str, tuple[int, str]] = field(default_factory=dict)
+    cache_more: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    devs: dict[str, int] = field(default_factory=dict)  # each side's device, from its scan
 
 
 class Engine:
@@ -238,16 +243,33 @@ class _Run:
 
     def _start(self, task: _Task) -> None:
         self.open += 1
+        # Small files are read during the scan only where both sides have the directory:
+        # a file with no counterpart is never read.
+        speculate = task.on_src and task.on_tgt and not task.target_unreadable
         if task.on_src:
-            self._send(task, "src", "list", [], self._path("src", task.rel))
+            self._scan(task, "src", speculate)
         else:
             task.src = []
         if task.on_tgt and not task.target_unreadable:
-            self._send(task, "tgt", "list", [], self._path("tgt", task.rel))
+            self._scan(task, "tgt", speculate)
         else:
             task.tgt = []
         if task.waiting == 0:
             self._merge(task)
+
+    def _scan(self, task: _Task, side: str, speculate: bool) -> None:
+        path = self._path(side, task.rel)
+        options: dict[str, Any] = {"hash": speculate}
+        if self.e.one_file_system:
+            options["same_dev"] = self.devs[side]
+        cache = self.e.cache
+        if cache is not None:
+            pool = self.e.source if side == "src" else self.e.target
+            row = cache.load_row(pool.scope, path.encode("latin-1"), pool.algorithm)
+            if row is not None:
+                task.cache_old[side] = row
+                options["cache_dev"], options["cache"] = row
+        self._send(task, side, "scan", [], path, options)
 
     def _send(self, task: _Task, side: str, op: str, indexes: list[int], *args: Any) -> None:
         pool = self.e.source if side == "src" else self.e.target
@@ -270,12 +292,12 @@ class _Run:
             return  # a reply for an abandoned directory
         task, side, op, indexes = self.inflight.pop(key)
         task.waiting -= 1
-        if op == "list":
+        if op == "scan":
             self._listed(task, side, message)
         else:
             self._hashed(task, side, message, indexes)
         if task.waiting == 0:
-            if op == "list":
+            if op == "scan":
                 self._merge(task)
             else:
                 self._settle(task)
@@ -293,32 +315,45 @@ class _Run:
                 task.target_unreadable = reason
                 task.tgt = []
             return
-        entries = self._filter(task.rel, message[2], self.devs[side])
+        entries, complete, dev, cache_row, files_read, bytes_read, hits = message[2]
+        tally = self.tally
+        tally.files_hashed += files_read
+        tally.bytes_hashed += bytes_read
+        tally.cache_hits += hits
+        self.e.bytes_done += bytes_read
+        task.complete += bool(complete)
+        task.devs[side] = dev
+        if cache_row is not None and self.e.cache is not None:
+            task.cache_new[side] = (dev, cache_row)
+        entries = self._filter(task.rel, entries)
         if side == "src":
             task.src = entries
         else:
             task.tgt = entries
 
-    def _filter(self, rel: bytes, entries: list[Entry], root_dev: int) -> list[Entry]:
-        rules, one_fs = self.rules, self.e.one_file_system
-        if not rules and not one_fs:
+    def _filter(self, rel: bytes, entries: list[Entry]) -> list[Entry]:
+        rules = self.rules
+        if not rules:
             return entries
-        kept = []
         prefix = rel + b"/" if rel else b""
-        for entry in entries:
-            is_dir = entry[KIND] == "d"
-            if rules and rules.excluded(prefix + entry[NAME].encode("latin-1"), is_dir):
-                continue
-            if is_dir and one_fs and entry[DEV] != root_dev:
-                entry[KIND] = "p"
-            kept.append(entry)
-        return kept
+        excluded = rules.excluded
+        return [
+            entry
+            for entry in entries
+            if not excluded(prefix + entry[NAME].encode("latin-1"), entry[KIND] == "d")
+        ]
 
     def _merge(self, task: _Task) -> None:
         assert task.src is not None and task.tgt is not None
-        merged = merge(task.src, task.tgt, target_unreadable=task.target_unreadable)
+        merged = merge(
+            task.src,
+            task.tgt,
+            target_unreadable=task.target_unreadable,
+            complete=task.complete == 2,
+        )
         self.tally.specials += merged.specials
         prefix = task.rel + b"/" if task.rel else b""
+        self._identical(prefix, merged.identical)
         for verdict, name, reason in merged.verdicts:
             self._verdict(verdict, prefix + name.encode("latin-1"), reason)
         inherited = task.target_unreadable
@@ -327,6 +362,7 @@ class _Run:
             if on_src and not on_tgt and inherited:
                 child.target_unreadable = inherited
             self.stack.append(child)
+        self.e.files_done += len(merged.identical) + len(merged.verdicts)
         task.src = task.tgt = None  # the listings are no longer needed
         if merged.to_hash:
             self._request_digests(task, merged.to_hash)
@@ -337,44 +373,11 @@ class _Run:
 
     def _request_digests(self, task: _Task, pairs: list[tuple[Entry, Entry]]) -> None:
         task.pairs = pairs
-        for side in ("src", "tgt"):
-            known = self._cached(task, side)
-            digests = [(d, None) for d in known]
-            if side == "src":
-                task.src_digests = digests
-            else:
-                task.tgt_digests = digests
-            wanted = [i for i, digest in enumerate(known) if digest is None]
+        task.src_digests = [(s[VALUE], None) for s, _ in pairs]
+        task.tgt_digests = [(t[VALUE], None) for _, t in pairs]
+        for side, digests in (("src", task.src_digests), ("tgt", task.tgt_digests)):
+            wanted = [i for i, (digest, _) in enumerate(digests) if digest is None]
             self._send_hash_chunks(task, side, wanted)
-
-    def _cached(self, task: _Task, side: str) -> list[str | None]:
-        """Digests the cache still vouches for, per pair (None: must be read)."""
-        cache = self.e.cache
-        if cache is None:
-            return [None] * len(task.pairs)
-        column = 0 if side == "src" else 1
-        pool = self.e.source if side == "src" else self.e.target
-        dev = task.pairs[0][column][DEV]
-        old = cache.load(pool.scope, self._path(side, task.rel).encode("latin-1"), dev,
-                         pool.algorithm)  # fmt: skip
-        new: DirEntries = {}
-        task.cache_old[side], task.cache_new[side] = old, new
-        found: list[str | None] = []
-        for pair in task.pairs:
-            entry = pair[column]
-            hit = old.get(entry[INO])
-            if (
-                hit is not None
-                and hit[0] == entry[SIZE]
-                and hit[1] == entry[MTIME]
-                and (hit[2] == entry[CTIME])
-            ):
-                new[entry[INO]] = hit
-                found.append(hit[3])
-            else:
-                found.append(None)
-        self.tally.cache_hits += len(found) - found.count(None)
-        return found
 
     def _send_hash_chunks(self, task: _Task, side: str, wanted: list[int]) -> None:
         column = 0 if side == "src" else 1
@@ -420,27 +423,32 @@ class _Run:
     def _remember(
         self, task: _Task, side: str, indexes: list[int], found: list[Any], stats: list[Any]
     ) -> None:
-        new = task.cache_new.get(side)
-        if new is None:
-            return
+        more = task.cache_more.setdefault(side, {})
         for digest, st in zip(found, stats, strict=True):
             if digest is not None and st is not None and st[4]:  # not modified too recently
-                new[st[0]] = [st[1], st[2], st[3], digest]
+                more[str(st[0])] = [st[1], st[2], st[3], digest]
 
     def _save_cache(self, task: _Task) -> None:
+        """Store the rows the scans sent, with the digests of large files read since."""
         cache = self.e.cache
         assert cache is not None
-        for side, new in task.cache_new.items():
-            if new != task.cache_old.get(side):
-                column = 0 if side == "src" else 1
+        for side in ("src", "tgt"):
+            row = task.cache_new.get(side)
+            more = task.cache_more.get(side)
+            if more:
+                base = row or task.cache_old.get(side)
+                entries = json.loads(base[1]) if base and base[0] == task.devs[side] else {}
+                entries.update(more)
+                row = (task.devs[side], json.dumps(entries, separators=(",", ":")))
+            if row is not None:
                 pool = self.e.source if side == "src" else self.e.target
                 path = self._path(side, task.rel).encode("latin-1")
-                cache.save(pool.scope, path, task.pairs[0][column][DEV], pool.algorithm, new)
-        task.cache_old, task.cache_new = {}, {}
+                cache.save_row(pool.scope, path, pool.algorithm, row[0], row[1])
+        task.cache_old, task.cache_new, task.cache_more = {}, {}, {}
 
     def _settle(self, task: _Task) -> None:
         prefix = task.rel + b"/" if task.rel else b""
-        same: list[str] = []  # the common case, counted and reported in bulk
+        same: list[str] = []
         for (s, _), (sd, se), (td, te) in zip(
             task.pairs, task.src_digests, task.tgt_digests, strict=True
         ):
@@ -449,24 +457,30 @@ class _Run:
                 continue
             verdict, reason = judge_digests(sd, se, td, te)
             self._verdict(verdict, prefix + s[NAME].encode("latin-1"), reason)
-        self.tally.identical += len(same)
-        self.tally.total += len(same)
+        self._identical(prefix, same)
+        self.e.files_done += len(task.pairs)
+        if self.e.cache is not None:
+            self._save_cache(task)
+        task.pairs, task.src_digests, task.tgt_digests = [], [], []
+        self.open -= 1
+        if self.e.progress is not None:
+            self.e.progress(self.e.files_done, self.e.bytes_done)
+
+    def _identical(self, prefix: bytes, names: list[str]) -> None:
+        """Count and report identical files in bulk: the common case."""
+        if not names:
+            return
+        self.tally.identical += len(names)
+        self.tally.total += len(names)
         report = self.e.report
-        if report is not None and same:
-            rels = [prefix + name.encode("latin-1") for name in same]
+        if report is not None:
+            rels = [prefix + name.encode("latin-1") for name in names]
             bulk = getattr(report, "many", None)
             if bulk is not None:
                 bulk(self.dir_check, Verdict.IDENTICAL, rels)
             else:
                 for rel in rels:
                     report(self.dir_check, Verdict.IDENTICAL, rel, None)
-        self.e.files_done += len(task.pairs)
-        if task.cache_new:
-            self._save_cache(task)
-        task.pairs, task.src_digests, task.tgt_digests = [], [], []
-        self.open -= 1
-        if self.e.progress is not None:
-            self.e.progress(self.e.files_done, self.e.bytes_done)
 
     def _verdict(self, verdict: Verdict, rel: bytes, reason: str | None) -> None:
         self.tally.add(verdict)

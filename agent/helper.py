@@ -36,6 +36,7 @@ PSEUDO_FS = {
 }  # fmt: skip
 _HEADER = struct.Struct(">I")
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS = (
     os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 )
@@ -259,35 +260,97 @@ class Worker:
             return ["p", st.st_dev, ""]
         return ["d", st.st_dev, ""]
 
-    def list_dir(self, path):
-        """Entries of one directory sorted by name:
-        [name, kind, size, mtime, ctime, ino, dev, link]."""
+    def scan_dir(self, path, options):
+        """One directory's entries sorted by name, as [name, kind, size, value] where value
+        is a regular file's digest, a symlink's target or why an entry cannot be examined.
+
+        With options["hash"], files up to SMALL_FILE are digested during the walk, since
+        reading a small file costs about what asking for it later would; larger files, and
+        files that could not be read here, carry None and their mtime as a fifth field, to be
+        hashed on request. options["cache"] is this directory's hash cache row (made on
+        device options["cache_dev"]): a file whose inode, size, mtime and ctime match keeps
+        its digest unread. With options["same_dev"], directories on other devices are not
+        entered (one_file_system). Returns [entries, complete, dev, cache, read, bytes, hits]:
+        complete says every file has its digest and nothing failed, so two equal listings
+        mean two identical directories; cache is the row to store, None when unchanged."""
         folder = from_wire(path)
-        entries = []
-        append = entries.append
-        # The loop is written out in full: it runs once per file of the tree.
-        with os.scandir(folder) as it:
-            for entry in it:
-                name = entry.name
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    append(_unstatable(name, exc))
-                    continue
-                mode = st.st_mode
-                if stat.S_ISREG(mode):
-                    kind, link = "f", None
-                elif stat.S_ISDIR(mode):
-                    link = None
-                    kind = "p" if (folder.rstrip(b"/") + b"/" + name) in self.pseudo else "d"
-                elif stat.S_ISLNK(mode):
-                    kind, link = _read_link(folder, name)
-                else:
-                    kind, link = "s", None
-                append([name.decode("latin-1"), kind, st.st_size, st.st_mtime_ns,
-                        st.st_ctime_ns, st.st_ino, st.st_dev, link])  # fmt: skip
+        hasher = self.hasher
+        oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
+        same_dev = options.get("same_dev")
+        pseudo = self.pseudo
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+        try:
+            dev = os.fstat(dir_fd).st_dev
+            old = {}
+            if options.get("cache") and options.get("cache_dev") == dev:
+                old = json.loads(options["cache"])
+            fresh = {}
+            # Digests of files changed this recently are not kept: they may change again
+            # within the same mtime tick (the racy-git problem).
+            settled = int((time.time() - RACY_SECONDS) * 1e9)
+            entries = []
+            append = entries.append
+            complete = True
+            files_read = bytes_read = hits = 0
+            # The loop is written out in full: it runs once per file of the tree.
+            with os.scandir(folder) as it:
+                for entry in it:
+                    name = entry.name
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        append(_unstatable(name, exc))
+                        complete = False
+                        continue
+                    mode = st.st_mode
+                    if stat.S_ISREG(mode):
+                        size = st.st_size
+                        digest = None
+                        if size == 0:
+                            digest = ""  # nothing to read: equal to any other empty file
+                        elif old:
+                            hit = old.get(str(st.st_ino))
+                            if (
+                                hit is not None
+                                and hit[0] == size
+                                and hit[1] == st.st_mtime_ns
+                                and hit[2] == st.st_ctime_ns
+                            ):
+                                digest = hit[3]
+                                hits += 1
+                        if digest is None and oneshot is not None and size <= SMALL_FILE:
+                            data = _read_small(dir_fd, name, size)
+                            if data is not None:
+                                digest = oneshot(data)
+                                files_read += 1
+                                bytes_read += size
+                                if hasher.read_limit:
+                                    hasher.throttle(size)
+                        if digest is None:
+                            complete = False
+                            append([name.decode("latin-1"), "f", size, None, st.st_mtime_ns])
+                            continue
+                        append([name.decode("latin-1"), "f", size, digest])
+                        if digest and st.st_mtime_ns < settled and st.st_ctime_ns < settled:
+                            fresh[str(st.st_ino)] = [size, st.st_mtime_ns, st.st_ctime_ns, digest]
+                    elif stat.S_ISDIR(mode):
+                        kind = "d"
+                        if (same_dev is not None and st.st_dev != same_dev) or (
+                            pseudo and (folder.rstrip(b"/") + b"/" + name) in pseudo
+                        ):
+                            kind = "p"
+                        append([name.decode("latin-1"), kind, 0, None])
+                    elif stat.S_ISLNK(mode):
+                        kind, link = _read_link(folder, name)
+                        complete = complete and kind == "l"
+                        append([name.decode("latin-1"), kind, 0, link])
+                    else:
+                        append([name.decode("latin-1"), "s", 0, None])
+        finally:
+            os.close(dir_fd)
         entries.sort()  # names are unique, so this orders by name alone
-        return entries
+        cache = None if fresh == old else json.dumps(fresh, separators=(",", ":"))
+        return [entries, complete, dev, cache, files_read, bytes_read, hits]
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):
         """Digest the named files of one directory, each expected at the size and mtime the
@@ -374,8 +437,8 @@ class Worker:
                 return ["ok", ident, self.hello(message[2])]
             if op == "stat":
                 return ["ok", ident, self.stat_root(message[2])]
-            if op == "list":
-                return ["ok", ident, self.list_dir(message[2])]
+            if op == "scan":
+                return ["ok", ident, self.scan_dir(message[2], message[3])]
             if op == "hash":
                 digests, errors, stats, total = self.hash_files(*message[2:7])
                 return ["ok", ident, digests, errors, stats, total]
@@ -386,8 +449,8 @@ class Worker:
 
 def _unstatable(name, exc):
     if exc.errno == errno.ENOENT:
-        return [to_wire(name), "gone", 0, 0, 0, 0, 0, "vanished while listed"]
-    return [to_wire(name), "e", 0, 0, 0, 0, 0, os.strerror(exc.errno or 0)]
+        return [to_wire(name), "gone", 0, "vanished while listed"]
+    return [to_wire(name), "e", 0, os.strerror(exc.errno or 0)]
 
 
 def _read_link(folder, name):
@@ -403,6 +466,23 @@ def _open_error(exc):
     if exc.errno == errno.ELOOP:
         return "became a symbolic link"
     return "cannot open: " + os.strerror(exc.errno or 0)
+
+
+def _read_small(dir_fd, name, size):
+    """The whole content of a small file, or None when it cannot be read at the size its
+    listing saw (the later hash request then says why)."""
+    try:
+        fd = _open_at(dir_fd, name)
+    except OSError:
+        return None
+    try:
+        # O_NONBLOCK at open: a file replaced by a FIFO must not hang.
+        data = os.read(fd, size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
 
 
 def _open_at(dir_fd, name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -15,14 +16,20 @@ from .conftest import write_tree
 DAY = 86400
 
 
+def row(entries: dict[int, list]) -> str:
+    return json.dumps(entries, separators=(",", ":"))
+
+
 def test_rows_round_trip_and_are_keyed_by_device_and_algorithm(tmp_path: Path) -> None:
     cache = HashCache(tmp_path)
-    cache.save("local", b"/d", 7, "xxh3-128", {11: [5, 100, 200, "ab"]})
+    cache.save_row("local", b"/d", "xxh3-128", 7, row({11: [5, 100, 200, "ab"]}))
     cache.commit()
-    assert cache.load("local", b"/d", 7, "xxh3-128") == {11: [5, 100, 200, "ab"]}
-    assert cache.load("local", b"/d", 8, "xxh3-128") == {}  # another filesystem now
-    assert cache.load("local", b"/d", 7, "blake2b") == {}
-    assert cache.load("ssh://h", b"/d", 7, "xxh3-128") == {}
+    # The device goes with the row: the helper ignores a row made on another filesystem.
+    assert cache.load_row("local", b"/d", "xxh3-128") == (7, row({11: [5, 100, 200, "ab"]}))
+    assert cache.load_row("local", b"/d", "blake2b") is None
+    assert cache.load_row("ssh://h", b"/d", "xxh3-128") is None
+    cache.save_row("local", b"/e", "xxh3-128", 7, "{}")  # no entries: no row
+    assert cache.load_row("local", b"/e", "xxh3-128") is None
     cache.close()
     reopened = HashCache(tmp_path)
     assert reopened.count() == 1
@@ -34,21 +41,21 @@ def test_size_is_bounded_by_dropping_the_least_recently_seen(tmp_path: Path) -> 
     now = time.time()
     for age_days, path in ((10, b"/old"), (5, b"/mid"), (0, b"/new")):
         cache = HashCache(tmp_path, max_entries=1000, clock=lambda a=age_days: now - a * DAY)
-        cache.save("local", path, 1, "xxh3-128", {i: [1, 1, 1, "x"] for i in range(600)})
+        cache.save_row("local", path, "xxh3-128", 1, row({i: [1, 1, 1, "x"] for i in range(600)}))
         cache.close()
     cache = HashCache(tmp_path, max_entries=1000, clock=lambda: now)
     assert cache.count() == 1800
     assert cache.prune() == 2
     assert cache.count() == 600
-    assert cache.load("local", b"/new", 1, "xxh3-128") != {}
-    assert cache.load("local", b"/old", 1, "xxh3-128") == {}
+    assert cache.load_row("local", b"/new", "xxh3-128") is not None
+    assert cache.load_row("local", b"/old", "xxh3-128") is None
     cache.close()
 
 
 def test_directories_unseen_for_a_month_are_dropped(tmp_path: Path) -> None:
     now = time.time()
     cache = HashCache(tmp_path, clock=lambda: now - 40 * DAY)
-    cache.save("local", b"/gone", 1, "xxh3-128", {1: [1, 1, 1, "x"]})
+    cache.save_row("local", b"/gone", "xxh3-128", 1, row({1: [1, 1, 1, "x"]}))
     cache.close()
     cache = HashCache(tmp_path, clock=lambda: now)
     assert cache.prune() == 1 and cache.count() == 0

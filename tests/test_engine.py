@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import helper
 from agent.config import parse_config
 from agent.excludes import ExcludeRules
 from agent.model import DirResult, Verdict
@@ -89,13 +90,23 @@ def test_each_verdict(tmp_path: Path) -> None:
     )
 
 
-def test_size_difference_decides_without_hashing(tmp_path: Path) -> None:
-    write_tree(tmp_path / "src", {"a": "x" * 100, "b": "same"})
-    write_tree(tmp_path / "tgt", {"a": "x" * 101, "b": "same"})
+def test_size_difference_decides_without_reading_large_files(tmp_path: Path) -> None:
+    big = helper.SMALL_FILE + 1  # above this, a file is read only when its pair needs it
+    write_tree(tmp_path / "src", {"a": "x" * big, "b": "y" * big, "c": "small"})
+    write_tree(tmp_path / "tgt", {"a": "x" * (big + 1), "b": "y" * big, "c": "small"})
     result, _ = verify(tmp_path / "src", tmp_path / "tgt", tmp_path / "state", use_cache=False)
-    assert result.counts.different == 1
-    assert result.counts.files_hashed == 2  # only "b", once per side
-    assert result.counts.bytes_hashed == 8
+    assert result.counts.different == 1 and result.counts.identical == 2
+    # "b" once per side, and "c", which the scan reads on the spot, once per side.
+    assert result.counts.files_hashed == 4
+    assert result.counts.bytes_hashed == 2 * big + 10
+
+
+def test_files_without_counterpart_directory_are_never_read(tmp_path: Path) -> None:
+    write_tree(tmp_path / "src", {"only-src/a": "aaaa", "both/b": "bb"})
+    write_tree(tmp_path / "tgt", {"only-tgt/c": "cccccc", "both/b": "bb"})
+    result, _ = verify(tmp_path / "src", tmp_path / "tgt", tmp_path / "state", use_cache=False)
+    assert counts(result) == {"total": 2, "identical": 1, "different": 0, "missing": 1, "more": 1}
+    assert result.counts.files_hashed == 2 and result.counts.bytes_hashed == 4
 
 
 def test_non_utf8_newline_and_space_names(tmp_path: Path) -> None:
@@ -301,4 +312,5 @@ def test_empty_files_are_identical_without_reading(tmp_path: Path) -> None:
     write_tree(tmp_path / "tgt", {"e1": "", "e2": "y", "x": "x"})
     result, lines = verify(tmp_path / "src", tmp_path / "tgt", tmp_path / "state", use_cache=False)
     assert counts(result) == {"total": 3, "identical": 2, "different": 1, "missing": 0, "more": 0}
-    assert result.counts.files_hashed == 2  # only "x", on each side
+    # "x" on each side, and the target's "y"; never an empty file.
+    assert result.counts.files_hashed == 3 and result.counts.bytes_hashed == 3

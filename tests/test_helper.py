@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from agent import helper
 from agent.channel import Channel, bootstrap_command, call
 
 
-def listed(folder: Path) -> dict[str, list]:
+def scan(folder: Path, **options: object) -> list:
     worker = helper.Worker()
     worker.hello({"algorithms": ["xxh3-128"]})
-    return {e[0]: e for e in worker.list_dir(os.fsencode(folder).decode("latin-1"))}
+    return worker.scan_dir(os.fsencode(folder).decode("latin-1"), options)
+
+
+def listed(folder: Path) -> dict[str, list]:
+    """Entries by name, with no file read: [name, kind, size, None, mtime] for files."""
+    return {e[0]: e for e in scan(folder)[0]}
 
 
 def hash_named(folder: Path, entries: list[list]) -> tuple[list, dict]:
@@ -22,7 +29,7 @@ def hash_named(folder: Path, entries: list[list]) -> tuple[list, dict]:
     worker.hello({"algorithms": ["xxh3-128"]})
     digests, errors, _stats, _total = worker.hash_files(
         os.fsencode(folder).decode("latin-1"),
-        [e[0] for e in entries], [e[2] for e in entries], [e[3] for e in entries], False,
+        [e[0] for e in entries], [e[2] for e in entries], [e[4] for e in entries], False,
     )  # fmt: skip
     return digests, errors
 
@@ -65,20 +72,23 @@ def test_blake2b_when_asked(tmp_path: Path) -> None:
     reply = worker.hello({"algorithms": ["blake2b"]})
     assert reply["algorithm"] == "blake2b"
     digests, *_ = worker.hash_files(os.fsencode(tmp_path).decode("latin-1"), ["x"], [3],
-                                    [listed(tmp_path)["x"][3]], False)  # fmt: skip
+                                    [listed(tmp_path)["x"][4]], False)  # fmt: skip
     assert digests == [hashlib.blake2b(b"abc", digest_size=16).hexdigest()]
 
 
 def test_protocol_round_trip_with_binary_names(tmp_path: Path) -> None:
+    import xxhash
+
     name = b"n\xff\nx"
     (tmp_path / os.fsdecode(name)).write_bytes(b"payload")
     channel = Channel(bootstrap_command(sys.executable), "test")
     try:
         hello = call(channel, "hello", {"algorithms": ["xxh3-128"]}, timeout=30)
         assert hello["algorithm"] == "xxh3-128" and hello["via"] == "python-xxhash"
-        entries = call(channel, "list", os.fsencode(tmp_path).decode("latin-1"), timeout=30)
+        entries = call(channel, "scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True},
+                       timeout=30)[0]  # fmt: skip
         assert [e[0].encode("latin-1") for e in entries] == [name]
-        assert entries[0][1] == "f" and entries[0][2] == 7
+        assert entries[0][1:] == ["f", 7, xxhash.xxh3_128_hexdigest(b"payload")]
     finally:
         channel.close()
     assert channel.process.returncode == 0
@@ -91,3 +101,76 @@ def test_helper_source_runs_on_plain_python_without_the_package(tmp_path: Path) 
     done = subprocess.run([sys.executable, "-I", "-c", code], input=b"", capture_output=True,
                           timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def old_enough(path: Path) -> None:
+    """Set mtime well in the past; ctime still moves to now, so wait out the racy window."""
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+
+
+def test_scan_digests_small_files_and_leaves_large_ones_for_later(tmp_path: Path) -> None:
+    import xxhash
+
+    (tmp_path / "small").write_bytes(b"s" * 100)
+    (tmp_path / "large").write_bytes(b"L" * (helper.SMALL_FILE + 1))
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    os.symlink("small", tmp_path / "link")
+    entries, complete, _dev, _row, files_read, bytes_read, hits = scan(tmp_path, hash=True)
+    by_name = {e[0]: e for e in entries}
+    assert by_name["small"] == ["small", "f", 100, xxhash.xxh3_128_hexdigest(b"s" * 100)]
+    large = by_name["large"]
+    assert large[:4] == ["large", "f", helper.SMALL_FILE + 1, None]
+    assert large[4] == os.stat(tmp_path / "large").st_mtime_ns  # for the later hash request
+    assert by_name["empty"] == ["empty", "f", 0, ""]  # never read
+    assert by_name["sub"] == ["sub", "d", 0, None]
+    assert by_name["link"] == ["link", "l", 0, "small"]
+    assert (files_read, bytes_read, hits) == (1, 100, 0)
+    assert complete is False  # "large" has no digest yet
+    assert [e[0] for e in entries] == sorted(by_name)
+
+
+def test_scan_without_hash_reads_nothing(tmp_path: Path) -> None:
+    (tmp_path / "small").write_bytes(b"s" * 100)
+    entries, complete, _dev, _row, files_read, _bytes, _hits = scan(tmp_path, hash=False)
+    assert entries[0][3] is None and files_read == 0 and complete is False
+
+
+def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> None:
+    (tmp_path / "kept").write_bytes(b"k" * 10)
+    (tmp_path / "changed").write_bytes(b"c" * 10)
+    for name in ("kept", "changed"):
+        old_enough(tmp_path / name)
+    time.sleep(helper.RACY_SECONDS + 0.1)  # so the files' ctime is no longer racy
+    first = scan(tmp_path, hash=True)
+    dev, row = first[2], first[3]
+    assert row is not None and len(json.loads(row)) == 2
+    # A row that claims another digest for "kept" shows whether the file was read again.
+    entries = json.loads(row)
+    kept_ino = str(os.stat(tmp_path / "kept").st_ino)
+    entries[kept_ino][3] = "from-the-cache"
+    forged = json.dumps(entries)
+    # Same size and mtime, new content: only ctime tells (the `touch -d` case).
+    with open(tmp_path / "changed", "r+b") as handle:
+        handle.write(b"C")
+    old_enough(tmp_path / "changed")
+    found, complete, _dev, new_row, files_read, _bytes, hits = scan(
+        tmp_path, hash=True, cache=forged, cache_dev=dev
+    )
+    by_name = {e[0]: e for e in found}
+    assert by_name["kept"][3] == "from-the-cache" and hits == 1 and files_read == 1
+    assert by_name["changed"][3] != first[0][0][3]
+    assert complete is True
+    # The changed file was hashed a moment ago (ctime is now): its digest is not kept yet.
+    assert new_row is not None and list(json.loads(new_row)) == [kept_ino]
+    # A row made on another device is ignored.
+    other = scan(tmp_path, hash=True, cache=forged, cache_dev=dev + 1)
+    assert {e[0]: e for e in other[0]}["kept"][3] != "from-the-cache" and other[6] == 0
+
+
+def test_scan_marks_other_devices_not_to_enter(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    dev = os.stat(tmp_path).st_dev
+    assert listed(tmp_path)["sub"][1] == "d"
+    entries = scan(tmp_path, same_dev=dev + 1)[0]
+    assert entries[0][:2] == ["sub", "p"]

@@ -221,8 +221,8 @@ def run_verify(
 COUNT_KEYS = (*EXPECTED, "files_hashed", "bytes_hashed", "error", "error_samples", "dir_check")
 
 
-def counts(document: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: d[k] for k in COUNT_KEYS} for d in document["directories"]]
+def counts(document: dict[str, Any], keys: tuple[str, ...] = COUNT_KEYS) -> list[dict[str, Any]]:
+    return [{k: d[k] for k in keys} for d in document["directories"]]
 
 
 def python_wrapper(folder: Path, name: str, *, path: str | None) -> str:
@@ -270,7 +270,12 @@ def test_ssh_target_gives_the_same_counts_and_report_as_a_local_one(
     )  # fmt: skip
     assert local.returncode == remote.returncode == 1, remote.stderr
     assert local_doc is not None and ssh_doc is not None
-    assert counts(ssh_doc) == counts(local_doc)
+    keys = COUNT_KEYS
+    if via == "xxh128sum":
+        # One program run per file would be slow, so that target reads no small file during
+        # its scan: what each side read differs from a local run, never the verdicts.
+        keys = tuple(k for k in COUNT_KEYS if k not in ("files_hashed", "bytes_hashed"))
+    assert counts(ssh_doc, keys) == counts(local_doc, keys)
     assert {k: ssh_doc["directories"][0][k] for k in EXPECTED} == EXPECTED
     assert ssh_doc["consistency_result"] == local_doc["consistency_result"]
     # The per-file report is the same set of lines (their order follows reply timing).
