@@ -269,24 +269,34 @@ def call(channel: Channel, op: str, *args: Any, timeout: float) -> Any:
             return reply.message[2]
 
 
-def start_pool(
-    argv: Sequence[str],
+def spawn(argv: Sequence[str], *, label: str, workers: int, explain: Explain = explain_exit
+          ) -> list[Channel]:  # fmt: skip
+    """Start `workers` helpers without waiting for them, so that several pools (or several
+    machines) start up at once; `greet` then waits for them."""
+    channels: list[Channel] = []
+    try:
+        for _ in range(max(1, workers)):
+            channels.append(Channel(argv, label, explain))
+    except BaseException:
+        for channel in channels:
+            channel.close()
+        raise
+    return channels
+
+
+def greet(
+    channels: list[Channel],
     *,
     label: str,
     scope: str,
-    workers: int,
     algorithms: Sequence[str],
     read_limit: int,
     timeout: float,
-    explain: Explain = explain_exit,
 ) -> Pool:
-    """Start `workers` helpers with the same command and agree on a hash algorithm."""
-    channels: list[Channel] = []
+    """Agree on a hash algorithm with started helpers (of one machine) and pool them."""
     hello: dict[str, Any] = {}
     try:
-        for index in range(max(1, workers)):
-            channel = Channel(argv, label, explain)
-            channels.append(channel)
+        for index, channel in enumerate(channels):
             hello = call(
                 channel,
                 "hello",
@@ -302,6 +312,29 @@ def start_pool(
             channel.close()
         raise
     return Pool(channels, scope=scope, hello=hello)
+
+
+def start_pool(
+    argv: Sequence[str],
+    *,
+    label: str,
+    scope: str,
+    workers: int,
+    algorithms: Sequence[str],
+    read_limit: int,
+    timeout: float,
+    explain: Explain = explain_exit,
+) -> Pool:
+    """Start `workers` helpers with the same command and agree on a hash algorithm."""
+    channels = spawn(argv, label=label, workers=workers, explain=explain)
+    return greet(
+        channels,
+        label=label,
+        scope=scope,
+        algorithms=algorithms,
+        read_limit=read_limit,
+        timeout=timeout,
+    )
 
 
 def local_command() -> list[str]:

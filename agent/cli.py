@@ -180,11 +180,11 @@ def verify(
 
 def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) -> dict[str, Any]:
     """Queue the results in the outbox, then try once to deliver what is due."""
-    from . import delivery  # imported here: requests is slow to load and --no-upload needs none
-
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
         return {**note, "message": "Nothing uploaded (--no-upload)."}
+    from . import delivery  # imported here: requests is slow to load and --no-upload needs none
+
     if not config.endpoint or not config.task_id:
         missing = "endpoint" if not config.endpoint else "task_id"
         # Still remembered for `smsagent status`, where the state directory is usable.

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .channel import Pool, bootstrap_command, local_command, start_pool
+from .channel import Channel, Pool, bootstrap_command, greet, local_command, spawn, start_pool
 from .config import SshConfig
 
 ALGORITHMS = ("xxh3-128", "blake2b")  # preferred first; blake2b when a host has no xxh3
@@ -138,6 +138,11 @@ def explain_ssh_failure(stderr: str, code: int | None, *, python: str) -> str:
     return f"helper exited with status {code}"
 
 
+def spawn_local(workers: int) -> list[Channel]:
+    """Local helpers started now and greeted later by open_pool."""
+    return spawn(local_command(), label="local", workers=workers)
+
+
 def open_pool(
     spec: TargetSpec,
     *,
@@ -145,14 +150,15 @@ def open_pool(
     workers: int,
     algorithms: tuple[str, ...] = ALGORITHMS,
     read_limit: int = 0,
+    started: list[Channel] | None = None,
 ) -> Pool:
-    """Start the helpers for one machine and agree on the hash algorithm."""
+    """Start the helpers for one machine (or take `started` local ones from spawn_local)
+    and agree on the hash algorithm."""
     if spec.host is None:
-        return start_pool(
-            local_command(),
+        return greet(
+            started or spawn_local(workers),
             label="local",
             scope="local",
-            workers=workers,
             algorithms=algorithms,
             read_limit=read_limit,
             timeout=60,

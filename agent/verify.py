@@ -14,13 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cache import HashCache
-from .channel import Pool, default_workers
+from .channel import Channel, Pool, default_workers
 from .config import AgentConfig, DirectoryConfig
 from .engine import Engine, ReportSink
 from .errors import AgentError, ConfigError, StateError, TargetError
 from .excludes import ExcludeRules
 from .model import DirCounts, DirResult
-from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target
+from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target, spawn_local
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,29 @@ class _Pools:
         # A machine that could not be reached is not dialled again for each of its
         # directories in the same run: they all get the first attempt's error at once.
         self._unreachable: dict[str, TargetError] = {}
+        self._spare: list[Channel] = []  # source helpers started ahead of their pool
 
-    def _open(self, spec: TargetSpec, algorithms: tuple[str, ...]) -> Pool:
+    def prepare_source(self) -> None:
+        """Start the source helpers now, so they boot while the target's are greeted."""
+        if self._sources or self._spare:
+            return
+        self._spare = spawn_local(self.workers)
+        self.stack.callback(self._close_spare)
+
+    def _close_spare(self) -> None:
+        for channel in self._spare:
+            channel.close()
+
+    def _open(
+        self, spec: TargetSpec, algorithms: tuple[str, ...], started: list[Channel] | None = None
+    ) -> Pool:
         pool = open_pool(
             spec,
             ssh=self.config.ssh,
             workers=self.workers,
             algorithms=algorithms,
             read_limit=self.read_limit,
+            started=started,
         )
         self.stack.callback(pool.close)
         if spec.host is not None:
@@ -111,7 +126,9 @@ class _Pools:
     def source(self, algorithm: str) -> Pool:
         pool = self._sources.get(algorithm)
         if pool is None or not pool.alive:
-            pool = self._sources[algorithm] = self._open(TargetSpec(path=b"/"), (algorithm,))
+            started, self._spare = self._spare, []
+            pool = self._open(TargetSpec(path=b"/"), (algorithm,), started)
+            self._sources[algorithm] = pool
         return pool
 
 
@@ -163,6 +180,7 @@ def _verify_one(
     spec = parse_target(target_text)
     started = time.monotonic()
     try:
+        pools.prepare_source()
         target_pool = pools.target(spec)
         source_pool = pools.source(target_pool.algorithm)
     except AgentError as exc:
