@@ -31,20 +31,10 @@ class Merged:
     specials: int = 0  # sockets, FIFOs and devices on the source, never compared
 
 
-def merge(
-    src: list[Entry],
-    tgt: list[Entry],
-    *,
-    target_unreadable: str | None = None,
-    complete: bool = False,
-) -> Merged:
+def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None = None) -> Merged:
     """Walk both sorted listings at once; `target_unreadable` marks a target that could not
-    be listed here, so source files are errors, not missing. `complete` says both listings
-    carry every file's digest and no error, so equal listings are identical directories."""
+    be listed here, so source files are errors, not missing."""
     out = Merged()
-    if complete and not target_unreadable and src == tgt:
-        _merge_equal(out, src)
-        return out
     if not target_unreadable and len(src) == len(tgt) and _same_names(src, tgt):
         _merge_aligned(out, src, tgt)
         return out
@@ -66,19 +56,6 @@ def merge(
 
 def _same_names(src: list[Entry], tgt: list[Entry]) -> bool:
     return all(s[NAME] == t[NAME] for s, t in zip(src, tgt, strict=True))
-
-
-def _merge_equal(out: Merged, entries: list[Entry]) -> None:
-    """Two equal, complete listings: every file is identical, nothing is left to read."""
-    identical, subdirs = out.identical, out.subdirs
-    for entry in entries:
-        kind = entry[KIND]
-        if kind == "f" or kind == "l":
-            identical.append(entry[NAME])
-        elif kind == "d":
-            subdirs.append((entry[NAME], True, True))
-        elif kind == "s":
-            out.specials += 1
 
 
 def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:

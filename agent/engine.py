@@ -94,9 +94,8 @@ class _Task:
     on_src: bool
     on_tgt: bool
     target_unreadable: str | None = None
-    src: list[Entry] | None = None
-    tgt: list[Entry] | None = None
-    complete: int = 0  # how many sides sent a scan with every digest in it
+    # Each side's scan as the helper sent it; a side with no such directory has none.
+    scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     waiting: int = 0
     pairs: list[tuple[Entry, Entry]] = field(default_factory=list)
     src_digests: list[Any] = field(default_factory=list)  # per pair: (digest, error)
@@ -248,12 +247,8 @@ class _Run:
         speculate = task.on_src and task.on_tgt and not task.target_unreadable
         if task.on_src:
             self._scan(task, "src", speculate)
-        else:
-            task.src = []
         if task.on_tgt and not task.target_unreadable:
             self._scan(task, "tgt", speculate)
-        else:
-            task.tgt = []
         if task.waiting == 0:
             self._merge(task)
 
@@ -310,26 +305,25 @@ class _Run:
             if side == "src":
                 # What is inside cannot be counted; say so instead of calling it consistent.
                 self._verdict(Verdict.ERROR, task.rel, f"source: {reason}")
-                task.src = []
             else:
                 task.target_unreadable = reason
-                task.tgt = []
             return
-        entries, complete, dev, cache_row, files_read, bytes_read, hits = message[2]
+        scan = message[2]
         tally = self.tally
-        tally.files_hashed += files_read
-        tally.bytes_hashed += bytes_read
-        tally.cache_hits += hits
-        self.e.bytes_done += bytes_read
-        task.complete += bool(complete)
-        task.devs[side] = dev
-        if cache_row is not None and self.e.cache is not None:
-            task.cache_new[side] = (dev, cache_row)
-        entries = self._filter(task.rel, entries)
-        if side == "src":
-            task.src = entries
-        else:
-            task.tgt = entries
+        tally.files_hashed += scan["read"]
+        tally.bytes_hashed += scan["bytes"]
+        tally.cache_hits += scan["hits"]
+        self.e.bytes_done += scan["bytes"]
+        task.devs[side] = scan["dev"]
+        if scan["cache"] is not None and self.e.cache is not None:
+            task.cache_new[side] = (scan["dev"], scan["cache"])
+        task.scans[side] = scan
+
+    def _entries(self, task: _Task, side: str) -> list[Entry]:
+        scan = task.scans.get(side)
+        if scan is None:
+            return []
+        return self._filter(task.rel, json.loads(scan["entries"]))
 
     def _filter(self, rel: bytes, entries: list[Entry]) -> list[Entry]:
         rules = self.rules
@@ -344,16 +338,27 @@ class _Run:
         ]
 
     def _merge(self, task: _Task) -> None:
-        assert task.src is not None and task.tgt is not None
+        src, tgt = task.scans.get("src"), task.scans.get("tgt")
+        if (
+            src is not None
+            and tgt is not None
+            and src["complete"]
+            and tgt["complete"]
+            and src["entries"] == tgt["entries"]
+            and not self.rules
+            and not task.target_unreadable
+        ):
+            self._equal(task, src)
+            return
         merged = merge(
-            task.src,
-            task.tgt,
+            self._entries(task, "src"),
+            self._entries(task, "tgt"),
             target_unreadable=task.target_unreadable,
-            complete=task.complete == 2,
         )
+        task.scans = {}  # the listings are no longer needed
         self.tally.specials += merged.specials
         prefix = task.rel + b"/" if task.rel else b""
-        self._identical(prefix, merged.identical)
+        self._identical(task.rel, "/".join(merged.identical))
         for verdict, name, reason in merged.verdicts:
             self._verdict(verdict, prefix + name.encode("latin-1"), reason)
         inherited = task.target_unreadable
@@ -363,13 +368,23 @@ class _Run:
                 child.target_unreadable = inherited
             self.stack.append(child)
         self.e.files_done += len(merged.identical) + len(merged.verdicts)
-        task.src = task.tgt = None  # the listings are no longer needed
         if merged.to_hash:
             self._request_digests(task, merged.to_hash)
         if task.waiting == 0:
             self._settle(task)
 
     # --- digests ------------------------------------------------------------------------
+
+    def _equal(self, task: _Task, scan: dict[str, Any]) -> None:
+        """The common case: two complete scans with the same text are identical directories,
+        settled from the scan's summary without looking at single entries."""
+        task.scans = {}
+        prefix = task.rel + b"/" if task.rel else b""
+        self.tally.specials += scan["specials"]
+        self.e.files_done += self._identical(task.rel, scan["files"])
+        for name in scan["subdirs"]:
+            self.stack.append(_Task(prefix + name.encode("latin-1"), True, True))
+        self._settle(task)
 
     def _request_digests(self, task: _Task, pairs: list[tuple[Entry, Entry]]) -> None:
         task.pairs = pairs
@@ -457,7 +472,7 @@ class _Run:
                 continue
             verdict, reason = judge_digests(sd, se, td, te)
             self._verdict(verdict, prefix + s[NAME].encode("latin-1"), reason)
-        self._identical(prefix, same)
+        self._identical(task.rel, "/".join(same))
         self.e.files_done += len(task.pairs)
         if self.e.cache is not None:
             self._save_cache(task)
@@ -466,21 +481,24 @@ class _Run:
         if self.e.progress is not None:
             self.e.progress(self.e.files_done, self.e.bytes_done)
 
-    def _identical(self, prefix: bytes, names: list[str]) -> None:
-        """Count and report identical files in bulk: the common case."""
+    def _identical(self, rel: bytes, names: str) -> int:
+        """Count and report identical files of one directory in bulk: `names` are joined by
+        "/", which no file name holds. Returns how many there were."""
         if not names:
-            return
-        self.tally.identical += len(names)
-        self.tally.total += len(names)
+            return 0
+        count = names.count("/") + 1
+        self.tally.identical += count
+        self.tally.total += count
         report = self.e.report
         if report is not None:
-            rels = [prefix + name.encode("latin-1") for name in names]
             bulk = getattr(report, "many", None)
             if bulk is not None:
-                bulk(self.dir_check, Verdict.IDENTICAL, rels)
+                bulk(self.dir_check, Verdict.IDENTICAL, rel, names)
             else:
-                for rel in rels:
-                    report(self.dir_check, Verdict.IDENTICAL, rel, None)
+                prefix = rel + b"/" if rel else b""
+                for name in names.split("/"):
+                    report(self.dir_check, Verdict.IDENTICAL, prefix + name.encode("latin-1"), None)
+        return count
 
     def _verdict(self, verdict: Verdict, rel: bytes, reason: str | None) -> None:
         self.tally.add(verdict)

@@ -270,9 +270,9 @@ class Worker:
         hashed on request. options["cache"] is this directory's hash cache row (made on
         device options["cache_dev"]): a file whose inode, size, mtime and ctime match keeps
         its digest unread. With options["same_dev"], directories on other devices are not
-        entered (one_file_system). Returns [entries, complete, dev, cache, read, bytes, hits]:
-        complete says every file has its digest and nothing failed, so two equal listings
-        mean two identical directories; cache is the row to store, None when unchanged."""
+        entered (one_file_system). In the reply, "complete" says every file has its digest
+        and nothing failed, so two equal listings mean two identical directories, and "cache"
+        is the row to store (None when unchanged)."""
         folder = from_wire(path)
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
@@ -292,12 +292,14 @@ class Worker:
             append = entries.append
             complete = True
             files_read = bytes_read = hits = 0
+            lstat_at = os.stat
             # The loop is written out in full: it runs once per file of the tree.
             with os.scandir(folder) as it:
                 for entry in it:
                     name = entry.name
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        # Relative to the open directory: no walk of the whole path per file.
+                        st = lstat_at(name, dir_fd=dir_fd, follow_symlinks=False)
                     except OSError as exc:
                         append(_unstatable(name, exc))
                         complete = False
@@ -349,8 +351,22 @@ class Worker:
         finally:
             os.close(dir_fd)
         entries.sort()  # names are unique, so this orders by name alone
-        cache = None if fresh == old else json.dumps(fresh, separators=(",", ":"))
-        return [entries, complete, dev, cache, files_read, bytes_read, hits]
+        return {
+            # As text: the agent compares the two sides' texts whole, and parses them only
+            # when they differ.
+            "entries": json.dumps(entries, separators=(",", ":")),
+            "complete": complete,
+            "dev": dev,
+            "cache": None if fresh == old else json.dumps(fresh, separators=(",", ":")),
+            "read": files_read,
+            "bytes": bytes_read,
+            "hits": hits,
+            # For two equal scans: the files ("/" never occurs in a name), directories to
+            # enter and specials, so the agent need not look at single entries.
+            "files": "/".join([e[0] for e in entries if e[1] == "f" or e[1] == "l"]),
+            "subdirs": [e[0] for e in entries if e[1] == "d"],
+            "specials": sum(1 for e in entries if e[1] == "s"),
+        }
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):
         """Digest the named files of one directory, each expected at the size and mtime the

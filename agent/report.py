@@ -56,9 +56,16 @@ class ReportWriter:
         self.stream.write(line + "\n")
         self.lines += 1
 
-    def many(self, dir_check: str, verdict: Verdict, rels: list[bytes]) -> None:
-        """Lines for many paths with the same verdict and no reason, in one write."""
-        base = dir_check.rstrip("/")
-        mark = verdict.value
-        self.stream.write("".join([f"{mark} {base}/{escape(rel)}\n" for rel in rels]))
-        self.lines += len(rels)
+    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
+        """Lines for files of one folder with the same verdict and no reason, in one write.
+        `names` are joined by "/" (which no file name holds), each byte one character."""
+        head = f"{verdict.value} {dir_check.rstrip('/')}/"
+        if folder:
+            head += escape(folder) + "/"
+        if names.isascii() and names.isprintable() and "\\" not in names:
+            # Nothing to escape, the common case: the lines are made in one step.
+            text = head + names.replace("/", "\n" + head) + "\n"
+        else:
+            text = "".join([f"{head}{escape(n.encode('latin-1'))}\n" for n in names.split("/")])
+        self.stream.write(text)
+        self.lines += names.count("/") + 1

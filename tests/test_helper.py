@@ -13,7 +13,7 @@ from agent import helper
 from agent.channel import Channel, bootstrap_command, call
 
 
-def scan(folder: Path, **options: object) -> list:
+def scan(folder: Path, **options: object) -> dict:
     worker = helper.Worker()
     worker.hello({"algorithms": ["xxh3-128"]})
     return worker.scan_dir(os.fsencode(folder).decode("latin-1"), options)
@@ -21,7 +21,7 @@ def scan(folder: Path, **options: object) -> list:
 
 def listed(folder: Path) -> dict[str, list]:
     """Entries by name, with no file read: [name, kind, size, None, mtime] for files."""
-    return {e[0]: e for e in scan(folder)[0]}
+    return {e[0]: e for e in json.loads(scan(folder)["entries"])}
 
 
 def hash_named(folder: Path, entries: list[list]) -> tuple[list, dict]:
@@ -85,8 +85,9 @@ def test_protocol_round_trip_with_binary_names(tmp_path: Path) -> None:
     try:
         hello = call(channel, "hello", {"algorithms": ["xxh3-128"]}, timeout=30)
         assert hello["algorithm"] == "xxh3-128" and hello["via"] == "python-xxhash"
-        entries = call(channel, "scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True},
-                       timeout=30)[0]  # fmt: skip
+        reply = call(channel, "scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True},
+                     timeout=30)  # fmt: skip
+        entries = json.loads(reply["entries"])
         assert [e[0].encode("latin-1") for e in entries] == [name]
         assert entries[0][1:] == ["f", 7, xxhash.xxh3_128_hexdigest(b"payload")]
     finally:
@@ -116,7 +117,8 @@ def test_scan_digests_small_files_and_leaves_large_ones_for_later(tmp_path: Path
     (tmp_path / "empty").write_bytes(b"")
     (tmp_path / "sub").mkdir()
     os.symlink("small", tmp_path / "link")
-    entries, complete, _dev, _row, files_read, bytes_read, hits = scan(tmp_path, hash=True)
+    reply = scan(tmp_path, hash=True)
+    entries = json.loads(reply["entries"])
     by_name = {e[0]: e for e in entries}
     assert by_name["small"] == ["small", "f", 100, xxhash.xxh3_128_hexdigest(b"s" * 100)]
     large = by_name["large"]
@@ -125,15 +127,19 @@ def test_scan_digests_small_files_and_leaves_large_ones_for_later(tmp_path: Path
     assert by_name["empty"] == ["empty", "f", 0, ""]  # never read
     assert by_name["sub"] == ["sub", "d", 0, None]
     assert by_name["link"] == ["link", "l", 0, "small"]
-    assert (files_read, bytes_read, hits) == (1, 100, 0)
-    assert complete is False  # "large" has no digest yet
+    assert (reply["read"], reply["bytes"], reply["hits"]) == (1, 100, 0)
+    assert reply["complete"] is False  # "large" has no digest yet
     assert [e[0] for e in entries] == sorted(by_name)
+    # The summary that two equal scans are settled from.
+    assert reply["files"] == "empty/large/link/small"
+    assert reply["subdirs"] == ["sub"] and reply["specials"] == 0
 
 
 def test_scan_without_hash_reads_nothing(tmp_path: Path) -> None:
     (tmp_path / "small").write_bytes(b"s" * 100)
-    entries, complete, _dev, _row, files_read, _bytes, _hits = scan(tmp_path, hash=False)
-    assert entries[0][3] is None and files_read == 0 and complete is False
+    reply = scan(tmp_path, hash=False)
+    assert json.loads(reply["entries"])[0][3] is None
+    assert reply["read"] == 0 and reply["complete"] is False
 
 
 def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> None:
@@ -143,7 +149,7 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
         old_enough(tmp_path / name)
     time.sleep(helper.RACY_SECONDS + 0.1)  # so the files' ctime is no longer racy
     first = scan(tmp_path, hash=True)
-    dev, row = first[2], first[3]
+    dev, row = first["dev"], first["cache"]
     assert row is not None and len(json.loads(row)) == 2
     # A row that claims another digest for "kept" shows whether the file was read again.
     entries = json.loads(row)
@@ -154,23 +160,23 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
     with open(tmp_path / "changed", "r+b") as handle:
         handle.write(b"C")
     old_enough(tmp_path / "changed")
-    found, complete, _dev, new_row, files_read, _bytes, hits = scan(
-        tmp_path, hash=True, cache=forged, cache_dev=dev
-    )
-    by_name = {e[0]: e for e in found}
-    assert by_name["kept"][3] == "from-the-cache" and hits == 1 and files_read == 1
-    assert by_name["changed"][3] != first[0][0][3]
-    assert complete is True
+    second = scan(tmp_path, hash=True, cache=forged, cache_dev=dev)
+    by_name = {e[0]: e for e in json.loads(second["entries"])}
+    assert by_name["kept"][3] == "from-the-cache"
+    assert second["hits"] == 1 and second["read"] == 1
+    assert by_name["changed"][3] != json.loads(first["entries"])[0][3]
+    assert second["complete"] is True
     # The changed file was hashed a moment ago (ctime is now): its digest is not kept yet.
-    assert new_row is not None and list(json.loads(new_row)) == [kept_ino]
+    assert second["cache"] is not None and list(json.loads(second["cache"])) == [kept_ino]
     # A row made on another device is ignored.
     other = scan(tmp_path, hash=True, cache=forged, cache_dev=dev + 1)
-    assert {e[0]: e for e in other[0]}["kept"][3] != "from-the-cache" and other[6] == 0
+    assert {e[0]: e for e in json.loads(other["entries"])}["kept"][3] != "from-the-cache"
+    assert other["hits"] == 0
 
 
 def test_scan_marks_other_devices_not_to_enter(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     dev = os.stat(tmp_path).st_dev
     assert listed(tmp_path)["sub"][1] == "d"
-    entries = scan(tmp_path, same_dev=dev + 1)[0]
+    entries = json.loads(scan(tmp_path, same_dev=dev + 1)["entries"])
     assert entries[0][:2] == ["sub", "p"]
