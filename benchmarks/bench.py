@@ -593,6 +593,7 @@ class Options:
     ssh_target: str
     markdown: Path | None
     prewarm: bool = True
+    ssh_python: str | None = None
 
 
 def read_lines(path: Path) -> list[bytes]:
@@ -624,6 +625,8 @@ def write_agent_config(path: Path, tree: Tree, state: Path, opts: Options, ssh: 
     }
     if opts.workers is not None:
         config["limits"] = {"workers": opts.workers}
+    if ssh and opts.ssh_python:
+        config["ssh"] = {"python": opts.ssh_python}
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -991,6 +994,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--no-prewarm", action="store_true",
                    help="do not read both trees before each timed run")  # fmt: skip
     p.add_argument("--ssh-target", default="127.0.0.1", help="[user@]host for case 5")
+    p.add_argument("--ssh-python", help="the target's Python for the agent in case 5 (ssh.python)")
     p.add_argument("--markdown", type=Path, help="also write the results here as markdown")
     a = p.parse_args(argv)
     if a.repeat < 1:
@@ -1006,6 +1010,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         only_peers=a.only_peers,
         prewarm=not a.no_prewarm,
         ssh_target=a.ssh_target,
+        ssh_python=a.ssh_python,
         markdown=a.markdown,
     )
 
