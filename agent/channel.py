@@ -97,13 +97,18 @@ class Channel:
         self._stderr_thread.start()
         self.flush()
 
-    def send(self, op: str, *args: Any) -> int:
-        """Queue one request; its reply comes from `wait_for_replies` with the returned id."""
+    def send(self, op: str, *args: Any, attach: bytes | None = None) -> int:
+        """Queue one request; its reply comes from `wait_for_replies` with the returned id.
+        `attach` (JSON text) travels raw after the request and arrives as its last element."""
         self._next_id += 1
         ident = self._next_id
         payload = json.dumps([op, ident, *args], separators=(",", ":")).encode()
-        self._out += _HEADER.pack(len(payload))
+        size = len(payload) + (len(attach) + 1 if attach is not None else 0)
+        self._out += _HEADER.pack(size)
         self._out += payload
+        if attach is not None:
+            self._out += b"\0"
+            self._out += attach
         self.outstanding += 1
         return ident  # written by the next wait_for_replies, with whatever else is queued
 
@@ -146,7 +151,9 @@ class Channel:
             self._answered = True
             if len(buf) - offset - 4 < size:
                 break
-            message = json.loads(bytes(buf[offset + 4 : offset + 4 + size]))
+            parts = bytes(buf[offset + 4 : offset + 4 + size]).split(b"\0")
+            message = json.loads(parts[0])
+            message.extend(parts[1:])  # attachments: raw bytes, see helper.py
             replies.append(Reply(self, message))
             offset += 4 + size
         if offset:

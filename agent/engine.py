@@ -102,8 +102,8 @@ class _Task:
     tgt_digests: list[Any] = field(default_factory=list)
     # Per side, the hash cache row as loaded (dev, JSON text), and as the scan and later
     # digests say it should be saved once every digest is in.
-    cache_old: dict[str, tuple[int, str]] = field(default_factory=dict)
-    cache_new: dict[str, tuple[int, str]] = field(default_factory=dict)
+    cache_old: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    cache_new: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     cache_more: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     devs: dict[str, int] = field(default_factory=dict)  # each side's device, from its scan
 
@@ -258,20 +258,29 @@ class _Run:
         if self.e.one_file_system:
             options["same_dev"] = self.devs[side]
         cache = self.e.cache
+        row = None
         if cache is not None:
             pool = self.e.source if side == "src" else self.e.target
             row = cache.load_row(pool.scope, path.encode("latin-1"), pool.algorithm)
             if row is not None:
                 task.cache_old[side] = row
-                options["cache_dev"], options["cache"] = row
-        self._send(task, side, "scan", [], path, options)
+                options["cache_dev"] = row[0]
+        self._send(task, side, "scan", [], path, options, attach=row[1] if row else None)
 
-    def _send(self, task: _Task, side: str, op: str, indexes: list[int], *args: Any) -> None:
+    def _send(
+        self,
+        task: _Task,
+        side: str,
+        op: str,
+        indexes: list[int],
+        *args: Any,
+        attach: bytes | None = None,
+    ) -> None:
         pool = self.e.source if side == "src" else self.e.target
         if not pool.alive:
             raise TargetError(f"{pool.channels[0].label}: connection lost")
         channel = pool.pick()
-        ident = channel.send(op, *args)
+        ident = channel.send(op, *args, attach=attach)
         self.inflight[(channel, ident)] = (task, side, op, indexes)
         task.waiting += 1
 
@@ -308,15 +317,16 @@ class _Run:
             else:
                 task.target_unreadable = reason
             return
-        scan = message[2]
+        scan, listing, cache_row = message[2], message[3], message[4]
+        scan["entries"] = listing
         tally = self.tally
         tally.files_hashed += scan["read"]
         tally.bytes_hashed += scan["bytes"]
         tally.cache_hits += scan["hits"]
         self.e.bytes_done += scan["bytes"]
         task.devs[side] = scan["dev"]
-        if scan["cache"] is not None and self.e.cache is not None:
-            task.cache_new[side] = (scan["dev"], scan["cache"])
+        if cache_row and self.e.cache is not None:
+            task.cache_new[side] = (scan["dev"], cache_row)
         task.scans[side] = scan
 
     def _entries(self, task: _Task, side: str) -> list[Entry]:
@@ -454,7 +464,7 @@ class _Run:
                 base = row or task.cache_old.get(side)
                 entries = json.loads(base[1]) if base and base[0] == task.devs[side] else {}
                 entries.update(more)
-                row = (task.devs[side], json.dumps(entries, separators=(",", ":")))
+                row = (task.devs[side], json.dumps(entries, separators=(",", ":")).encode())
             if row is not None:
                 pool = self.e.source if side == "src" else self.e.target
                 path = self._path(side, task.rel).encode("latin-1")

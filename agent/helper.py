@@ -5,9 +5,11 @@ It runs as a child process of the agent for a local tree, and on the target host
 Python standard library (xxhash is used when importable), keeps to syntax Python 3.6 reads,
 and must not import anything from the `agent` package.
 
-Protocol: frames of a 4-byte big-endian length and a JSON array, both ways. File names are
-bytes on Linux; they travel as latin-1 strings, which map each byte to one code point and
-back, so every name survives and sorts in byte order.
+Protocol: frames of a 4-byte big-endian length and a JSON array, both ways. A frame may end
+with attachments, each a NUL byte and raw bytes (JSON text never holds a NUL byte); they are
+the array's last elements, as bytes, so large JSON texts pass through without being escaped
+into a string. File names are bytes on Linux; they travel as latin-1 strings, which map each
+byte to one code point and back, so every name survives and sorts in byte order.
 """
 
 import errno
@@ -50,11 +52,20 @@ def read_frame(stream):
     payload = stream.read(size)
     if len(payload) < size:
         return None
-    return json.loads(payload.decode("utf-8"))
+    parts = payload.split(b"\0")
+    message = json.loads(parts[0].decode("utf-8"))
+    message.extend(parts[1:])
+    return message
 
 
 def write_frame(stream, message):
-    payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    attached = 0  # trailing bytes elements travel as attachments
+    while attached < len(message) and isinstance(message[-1 - attached], bytes):
+        attached += 1
+    head = message[: len(message) - attached] if attached else message
+    parts = [json.dumps(head, separators=(",", ":")).encode("utf-8")]
+    parts.extend(message[len(message) - attached :] if attached else [])
+    payload = b"\0".join(parts)
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
 
@@ -260,19 +271,19 @@ class Worker:
             return ["p", st.st_dev, ""]
         return ["d", st.st_dev, ""]
 
-    def scan_dir(self, path, options):
+    def scan_dir(self, path, options, cache_row=b""):
         """One directory's entries sorted by name, as [name, kind, size, value] where value
         is a regular file's digest, a symlink's target or why an entry cannot be examined.
 
         With options["hash"], files up to SMALL_FILE are digested during the walk, since
         reading a small file costs about what asking for it later would; larger files, and
         files that could not be read here, carry None and their mtime as a fifth field, to be
-        hashed on request. options["cache"] is this directory's hash cache row (made on
+        hashed on request. cache_row is this directory's hash cache row (made on
         device options["cache_dev"]): a file whose inode, size, mtime and ctime match keeps
         its digest unread. With options["same_dev"], directories on other devices are not
-        entered (one_file_system). In the reply, "complete" says every file has its digest
-        and nothing failed, so two equal listings mean two identical directories, and "cache"
-        is the row to store (None when unchanged)."""
+        entered (one_file_system). Returns a summary, the listing and the cache row to store
+        (b"" when unchanged); "complete" in the summary says every file has its digest and
+        nothing failed, so two equal listings mean two identical directories."""
         folder = from_wire(path)
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
@@ -282,8 +293,8 @@ class Worker:
         try:
             dev = os.fstat(dir_fd).st_dev
             old = {}
-            if options.get("cache") and options.get("cache_dev") == dev:
-                old = json.loads(options["cache"])
+            if cache_row and options.get("cache_dev") == dev:
+                old = json.loads(cache_row.decode("ascii"))
             fresh = {}
             # Digests of files changed this recently are not kept: they may change again
             # within the same mtime tick (the racy-git problem).
@@ -351,13 +362,9 @@ class Worker:
         finally:
             os.close(dir_fd)
         entries.sort()  # names are unique, so this orders by name alone
-        return {
-            # As text: the agent compares the two sides' texts whole, and parses them only
-            # when they differ.
-            "entries": json.dumps(entries, separators=(",", ":")),
+        summary = {
             "complete": complete,
             "dev": dev,
-            "cache": None if fresh == old else json.dumps(fresh, separators=(",", ":")),
             "read": files_read,
             "bytes": bytes_read,
             "hits": hits,
@@ -367,6 +374,11 @@ class Worker:
             "subdirs": [e[0] for e in entries if e[1] == "d"],
             "specials": sum(1 for e in entries if e[1] == "s"),
         }
+        # The entries go as JSON text that the agent compares with the other side's whole and
+        # parses only when they differ; the cache row as the text to store (b"": unchanged).
+        listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
+        row = b"" if fresh == old else json.dumps(fresh, separators=(",", ":")).encode("ascii")
+        return summary, listing, row
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):
         """Digest the named files of one directory, each expected at the size and mtime the
@@ -454,7 +466,8 @@ class Worker:
             if op == "stat":
                 return ["ok", ident, self.stat_root(message[2])]
             if op == "scan":
-                return ["ok", ident, self.scan_dir(message[2], message[3])]
+                summary, listing, row = self.scan_dir(*message[2:5])
+                return ["ok", ident, summary, listing, row]
             if op == "hash":
                 digests, errors, stats, total = self.hash_files(*message[2:7])
                 return ["ok", ident, digests, errors, stats, total]

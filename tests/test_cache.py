@@ -16,8 +16,8 @@ from .conftest import write_tree
 DAY = 86400
 
 
-def row(entries: dict[int, list]) -> str:
-    return json.dumps(entries, separators=(",", ":"))
+def row(entries: dict[int, list]) -> bytes:
+    return json.dumps(entries, separators=(",", ":")).encode()
 
 
 def test_rows_round_trip_and_are_keyed_by_device_and_algorithm(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_rows_round_trip_and_are_keyed_by_device_and_algorithm(tmp_path: Path) -
     assert cache.load_row("local", b"/d", "xxh3-128") == (7, row({11: [5, 100, 200, "ab"]}))
     assert cache.load_row("local", b"/d", "blake2b") is None
     assert cache.load_row("ssh://h", b"/d", "xxh3-128") is None
-    cache.save_row("local", b"/e", "xxh3-128", 7, "{}")  # no entries: no row
+    cache.save_row("local", b"/e", "xxh3-128", 7, b"{}")  # no entries: no row
     assert cache.load_row("local", b"/e", "xxh3-128") is None
     cache.close()
     reopened = HashCache(tmp_path)

@@ -10,13 +10,16 @@ import time
 from pathlib import Path
 
 from agent import helper
-from agent.channel import Channel, bootstrap_command, call
+from agent.channel import Channel, bootstrap_command, call, wait_for_replies
 
 
-def scan(folder: Path, **options: object) -> dict:
+def scan(folder: Path, cache: bytes = b"", **options: object) -> dict:
+    """The scan's summary, with its listing as "entries" and its cache row (None when it is
+    unchanged) as "cache"."""
     worker = helper.Worker()
     worker.hello({"algorithms": ["xxh3-128"]})
-    return worker.scan_dir(os.fsencode(folder).decode("latin-1"), options)
+    summary, listing, row = worker.scan_dir(os.fsencode(folder).decode("latin-1"), options, cache)
+    return {**summary, "entries": listing, "cache": row or None}
 
 
 def listed(folder: Path) -> dict[str, list]:
@@ -85,9 +88,14 @@ def test_protocol_round_trip_with_binary_names(tmp_path: Path) -> None:
     try:
         hello = call(channel, "hello", {"algorithms": ["xxh3-128"]}, timeout=30)
         assert hello["algorithm"] == "xxh3-128" and hello["via"] == "python-xxhash"
-        reply = call(channel, "scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True},
-                     timeout=30)  # fmt: skip
-        entries = json.loads(reply["entries"])
+        ident = channel.send("scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True})
+        replies = []
+        while not replies:
+            replies = wait_for_replies([channel], 5.0)
+        status, reply_id, summary, listing, row = replies[0].message  # type: ignore[misc]
+        assert (status, reply_id, summary["complete"]) == ("ok", ident, True)
+        assert isinstance(listing, bytes) and isinstance(row, bytes)  # the attachments
+        entries = json.loads(listing)
         assert [e[0].encode("latin-1") for e in entries] == [name]
         assert entries[0][1:] == ["f", 7, xxhash.xxh3_128_hexdigest(b"payload")]
     finally:
@@ -155,7 +163,7 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
     entries = json.loads(row)
     kept_ino = str(os.stat(tmp_path / "kept").st_ino)
     entries[kept_ino][3] = "from-the-cache"
-    forged = json.dumps(entries)
+    forged = json.dumps(entries).encode()
     # Same size and mtime, new content: only ctime tells (the `touch -d` case).
     with open(tmp_path / "changed", "r+b") as handle:
         handle.write(b"C")

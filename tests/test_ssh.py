@@ -291,6 +291,32 @@ def test_ssh_target_gives_the_same_counts_and_report_as_a_local_one(
     assert "Traceback" not in remote.stderr
 
 
+def test_an_ssh_target_is_not_read_again_on_a_warm_run(sshd: Sshd, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    spec = {f"d{i}/f{j}": f"content {i} {j}" * 10 for i in range(3) for j in range(20)}
+    write_tree(src, spec)
+    write_tree(dst, spec)
+    for tree in (src, dst):  # old enough for the cache (the racy window)
+        for path in tree.rglob("f*"):
+            os.utime(path, (1_600_000_000, 1_600_000_000))
+    time.sleep(2.1)  # ctime too
+    directories = [{"path": str(src), "target": sshd.url(dst)}]
+    ssh = sshd.ssh_section(python=sys.executable)
+    runs = [run_verify(tmp_path, directories, ssh)[1] for _ in range(2)]
+    first, second = (doc["directories"][0] for doc in runs if doc is not None)
+    assert first["num_identical_files"] == second["num_identical_files"] == 60
+    assert first["files_hashed"] == 120 and first["cache_hits"] == 0
+    assert second["files_hashed"] == 0 and second["cache_hits"] == 120
+    # A change on the target, size and mtime kept, is seen through its ctime.
+    changed = dst / "d1" / "f7"
+    changed.write_text(changed.read_text().upper())
+    os.utime(changed, (1_600_000_000, 1_600_000_000))
+    third = run_verify(tmp_path, directories, ssh)[1]
+    assert third is not None
+    assert third["directories"][0]["num_different_files"] == 1
+    assert third["directories"][0]["files_hashed"] == 1
+
+
 def test_human_output_says_how_the_target_hashed(
     sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path
 ) -> None:
