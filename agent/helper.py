@@ -304,6 +304,7 @@ class Worker:
             complete = True
             files_read = bytes_read = hits = 0
             lstat_at = os.stat
+            is_file = stat.S_ISREG
             # The loop is written out in full: it runs once per file of the tree.
             with os.scandir(folder) as it:
                 for entry in it:
@@ -316,22 +317,26 @@ class Worker:
                         complete = False
                         continue
                     mode = st.st_mode
-                    if stat.S_ISREG(mode):
+                    if is_file(mode):
                         size = st.st_size
+                        if size == 0:  # nothing to read: equal to any other empty file
+                            append([name.decode("latin-1"), "f", 0, ""])
+                            continue
+                        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+                        key = str(st.st_ino)
+                        hit = old.get(key) if old else None
+                        if (
+                            hit is not None
+                            and hit[0] == size
+                            and hit[1] == mtime
+                            and hit[2] == ctime
+                        ):
+                            append([name.decode("latin-1"), "f", size, hit[3]])
+                            fresh[key] = hit
+                            hits += 1
+                            continue
                         digest = None
-                        if size == 0:
-                            digest = ""  # nothing to read: equal to any other empty file
-                        elif old:
-                            hit = old.get(str(st.st_ino))
-                            if (
-                                hit is not None
-                                and hit[0] == size
-                                and hit[1] == st.st_mtime_ns
-                                and hit[2] == st.st_ctime_ns
-                            ):
-                                digest = hit[3]
-                                hits += 1
-                        if digest is None and oneshot is not None and size <= SMALL_FILE:
+                        if oneshot is not None and size <= SMALL_FILE:
                             data = _read_small(dir_fd, name, size)
                             if data is not None:
                                 digest = oneshot(data)
@@ -341,11 +346,11 @@ class Worker:
                                     hasher.throttle(size)
                         if digest is None:
                             complete = False
-                            append([name.decode("latin-1"), "f", size, None, st.st_mtime_ns])
+                            append([name.decode("latin-1"), "f", size, None, mtime])
                             continue
                         append([name.decode("latin-1"), "f", size, digest])
-                        if digest and st.st_mtime_ns < settled and st.st_ctime_ns < settled:
-                            fresh[str(st.st_ino)] = [size, st.st_mtime_ns, st.st_ctime_ns, digest]
+                        if mtime < settled and ctime < settled:
+                            fresh[key] = [size, mtime, ctime, digest]
                     elif stat.S_ISDIR(mode):
                         kind = "d"
                         if (same_dev is not None and st.st_dev != same_dev) or (
