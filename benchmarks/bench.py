@@ -730,27 +730,31 @@ def run_checked(inv: Invocation, truth: Truth, runs: Path, label: str) -> Sample
     return sample
 
 
-def prewarm(tree: Tree) -> None:
+def prewarm(tree: Tree, passes: int = 2) -> None:
     """Read every file of both trees, untimed, right before a timed run.
 
     On the machine these figures come from, the kernel reclaims page cache in the background
     (kdamond), and a run that follows another tool found much of the tree evicted and took
     five to ten times as long, whichever tool it was. Reading the trees first gives every
-    timed run the same warm start.
+    timed run the same warm start. One pass is not enough right after rclone (which evicts
+    most of the cache): the pass takes 17 s, the kernel is still reclaiming while it reads,
+    and the next tool still ran twice as slow; after a second pass it ran as fast as after
+    any other tool.
     """
     buffer = bytearray(128 << 10)
-    for root in (tree.src, tree.dst):
-        for folder, _dirs, files in os.walk(root):
-            for name in files:
-                try:
-                    fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW)
-                except OSError:
-                    continue
-                try:
-                    while os.readv(fd, [buffer]):
-                        pass
-                finally:
-                    os.close(fd)
+    for _ in range(passes):
+        for root in (tree.src, tree.dst):
+            for folder, _dirs, files in os.walk(root):
+                for name in files:
+                    try:
+                        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW)
+                    except OSError:
+                        continue
+                    try:
+                        while os.readv(fd, [buffer]):
+                            pass
+                    finally:
+                        os.close(fd)
 
 
 def rotations(tools: Sequence[Invocation], repeat: int) -> list[list[Invocation]]:
@@ -924,7 +928,7 @@ def render(opts: Options, results: list[CaseResult], started: str, floor: float)
         "rotating order. Page cache: not dropped; every tool had one untimed warm-up run on the "
         "same trees first"
         + (
-            ", and every timed run was preceded by an untimed read of both trees, so all timed "
+            ", and every timed run was preceded by two untimed reads of both trees, so all timed "
             "runs read from a warm page cache."
             if opts.prewarm
             else "."
