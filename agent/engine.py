@@ -260,6 +260,7 @@ class _Run:
         cache = self.e.cache
         row = None
         if cache is not None:
+            options["remember"] = True
             pool = self.e.source if side == "src" else self.e.target
             row = cache.load_row(pool.scope, path.encode("latin-1"), pool.algorithm)
             if row is not None:

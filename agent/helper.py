@@ -278,12 +278,13 @@ class Worker:
         With options["hash"], files up to SMALL_FILE are digested during the walk, since
         reading a small file costs about what asking for it later would; larger files, and
         files that could not be read here, carry None and their mtime as a fifth field, to be
-        hashed on request. cache_row is this directory's hash cache row (made on
-        device options["cache_dev"]): a file whose inode, size, mtime and ctime match keeps
-        its digest unread. With options["same_dev"], directories on other devices are not
-        entered (one_file_system). Returns a summary, the listing and the cache row to store
-        (b"" when unchanged); "complete" in the summary says every file has its digest and
-        nothing failed, so two equal listings mean two identical directories."""
+        hashed on request. With options["remember"], cache_row is this directory's hash cache
+        row (made on device options["cache_dev"]): a file whose inode, size, mtime and ctime
+        match keeps its digest unread, and the row to store is made. With options["same_dev"],
+        directories on other devices are not entered (one_file_system). Returns a summary,
+        the listing and the cache row to store (b"" when unchanged); "complete" in the summary
+        says every file has its digest and nothing failed, so two equal listings mean two
+        identical directories."""
         folder = from_wire(path)
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
@@ -293,7 +294,8 @@ class Worker:
         try:
             dev = os.fstat(dir_fd).st_dev
             old = {}
-            if cache_row and options.get("cache_dev") == dev:
+            remember = bool(options.get("remember"))  # the agent keeps a hash cache
+            if remember and cache_row and options.get("cache_dev") == dev:
                 old = json.loads(cache_row.decode("ascii"))
             fresh = {}
             # Digests of files changed this recently are not kept: they may change again
@@ -323,7 +325,7 @@ class Worker:
                             append([name.decode("latin-1"), "f", 0, ""])
                             continue
                         mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-                        key = str(st.st_ino)
+                        key = str(st.st_ino) if remember else ""
                         hit = old.get(key) if old else None
                         if (
                             hit is not None
@@ -349,7 +351,7 @@ class Worker:
                             append([name.decode("latin-1"), "f", size, None, mtime])
                             continue
                         append([name.decode("latin-1"), "f", size, digest])
-                        if mtime < settled and ctime < settled:
+                        if remember and mtime < settled and ctime < settled:
                             fresh[key] = [size, mtime, ctime, digest]
                     elif stat.S_ISDIR(mode):
                         kind = "d"
@@ -382,7 +384,9 @@ class Worker:
         # The entries go as JSON text that the agent compares with the other side's whole and
         # parses only when they differ; the cache row as the text to store (b"": unchanged).
         listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
-        row = b"" if fresh == old else json.dumps(fresh, separators=(",", ":")).encode("ascii")
+        row = b""
+        if remember and fresh != old:
+            row = json.dumps(fresh, separators=(",", ":")).encode("ascii")
         return summary, listing, row
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):

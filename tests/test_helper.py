@@ -156,7 +156,7 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
     for name in ("kept", "changed"):
         old_enough(tmp_path / name)
     time.sleep(helper.RACY_SECONDS + 0.1)  # so the files' ctime is no longer racy
-    first = scan(tmp_path, hash=True)
+    first = scan(tmp_path, hash=True, remember=True)
     dev, row = first["dev"], first["cache"]
     assert row is not None and len(json.loads(row)) == 2
     # A row that claims another digest for "kept" shows whether the file was read again.
@@ -168,7 +168,7 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
     with open(tmp_path / "changed", "r+b") as handle:
         handle.write(b"C")
     old_enough(tmp_path / "changed")
-    second = scan(tmp_path, hash=True, cache=forged, cache_dev=dev)
+    second = scan(tmp_path, hash=True, remember=True, cache=forged, cache_dev=dev)
     by_name = {e[0]: e for e in json.loads(second["entries"])}
     assert by_name["kept"][3] == "from-the-cache"
     assert second["hits"] == 1 and second["read"] == 1
@@ -177,9 +177,12 @@ def test_scan_cache_row_vouches_only_for_an_unchanged_inode(tmp_path: Path) -> N
     # The changed file was hashed a moment ago (ctime is now): its digest is not kept yet.
     assert second["cache"] is not None and list(json.loads(second["cache"])) == [kept_ino]
     # A row made on another device is ignored.
-    other = scan(tmp_path, hash=True, cache=forged, cache_dev=dev + 1)
+    other = scan(tmp_path, hash=True, remember=True, cache=forged, cache_dev=dev + 1)
     assert {e[0]: e for e in json.loads(other["entries"])}["kept"][3] != "from-the-cache"
     assert other["hits"] == 0
+    # With no cache on the agent's side (--no-cache), the row is neither read nor made.
+    nocache = scan(tmp_path, hash=True, cache=forged, cache_dev=dev)
+    assert nocache["hits"] == 0 and nocache["cache"] is None
 
 
 def test_scan_marks_other_devices_not_to_enter(tmp_path: Path) -> None:
