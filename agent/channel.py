@@ -189,6 +189,7 @@ class Channel:
 
     def reap(self, deadline: float) -> None:
         """Wait for the helper until `deadline` (monotonic), then kill it."""
+        self._drain_until_eof(deadline)
         try:
             self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -196,6 +197,18 @@ class Channel:
             self.process.wait()
         with contextlib.suppress(OSError):
             self.process.stdout.close()  # type: ignore[union-attr]
+
+    def _drain_until_eof(self, deadline: float) -> None:
+        # A helper that exits closes its stdout. Waiting for that end of stream is prompt,
+        # where Popen.wait with a timeout polls in sleeps of growing length (tens of ms at
+        # the end of every run); replies still on their way are dropped.
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.out_fd], [], [], left)[0]:
+                    return
+                if not os.read(self.out_fd, 1 << 16):
+                    return
 
     def close(self, grace: float = 2.0) -> None:
         self.hang_up()

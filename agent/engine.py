@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 ReportSink = Callable[[str, Verdict, bytes, "str | None"], None]
 ProgressSink = Callable[[int, int], None]  # files settled, bytes hashed (run totals so far)
 
-MAX_OPEN_DIRS = 128  # directories listed but not yet settled
-LIST_AHEAD = 8  # listing requests in flight per helper
+MAX_OPEN_DIRS = 256  # directories listed but not yet settled
+LIST_AHEAD = 64  # scan requests in flight per helper: it must never wait for the next
 HASH_CHUNK_FILES = 256
 HASH_CHUNK_BYTES = 16 << 20  # so several workers share the files of one large directory
 MAX_ERROR_SAMPLES = 50
