@@ -307,6 +307,9 @@ class Worker:
             files_read = bytes_read = hits = 0
             lstat_at = os.stat
             is_file = stat.S_ISREG
+            open_at, read, close = os.open, os.read, os.close
+            # O_NONBLOCK: a file replaced by a FIFO must not hang the read.
+            open_flags = _OPEN_FLAGS | _NOATIME
             # The loop is written out in full: it runs once per file of the tree.
             with os.scandir(folder) as it:
                 for entry in it:
@@ -339,8 +342,19 @@ class Worker:
                             continue
                         digest = None
                         if oneshot is not None and size <= SMALL_FILE:
-                            data = _read_small(dir_fd, name, size)
-                            if data is not None:
+                            # Inlined (open, read, close): this runs once per small file.
+                            try:
+                                fd = open_at(name, open_flags, dir_fd=dir_fd)
+                            except OSError:
+                                fd = _reopen(dir_fd, name)
+                            data = b""
+                            if fd >= 0:
+                                try:
+                                    data = read(fd, size + 1)  # +1: a file that grew shows
+                                except OSError:
+                                    data = b""
+                                close(fd)
+                            if len(data) == size:
                                 digest = oneshot(data)
                                 files_read += 1
                                 bytes_read += size
@@ -506,21 +520,16 @@ def _open_error(exc):
     return "cannot open: " + os.strerror(exc.errno or 0)
 
 
-def _read_small(dir_fd, name, size):
-    """The whole content of a small file, or None when it cannot be read at the size its
-    listing saw (the later hash request then says why)."""
+def _reopen(dir_fd, name):
+    """After a failed open in the scan: the descriptor without O_NOATIME (which needs
+    ownership of the file), or -1 when the file cannot be opened (the later hash request
+    then says why)."""
+    if not _NOATIME:
+        return -1
     try:
-        fd = _open_at(dir_fd, name)
+        return os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError:
-        return None
-    try:
-        # O_NONBLOCK at open: a file replaced by a FIFO must not hang.
-        data = os.read(fd, size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if len(data) == size else None
+        return -1
 
 
 def _open_at(dir_fd, name):
