@@ -34,6 +34,9 @@ class HashCache:
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # Rows are kilobytes of JSON: large pages keep most rows out of overflow pages
+            # (this applies when the file is created).
+            self._db.execute("PRAGMA page_size=65536")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # Rows are kilobytes of JSON: a rowid table with a separate key index stores

@@ -85,6 +85,7 @@ class Invocation:
     env: dict[str, str] = field(default_factory=dict)
     check_extra: Callable[[Path, Truth], str | None] | None = None  # more checks on stdout
     before_warmup: Callable[[], None] | None = None
+    before_each: Callable[[], None] | None = None  # before every run, warm-up and timed
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,11 +643,11 @@ def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
     write_agent_config(config, tree, state, opts, spec.ssh)
     argv = [opts.agent_cmd, "verify", "--config", str(config), "--no-upload", "--json"]
     argv += ["--report", str(report)]
-    if not spec.warm_cache:
-        argv.append("--no-cache")
 
     def fresh_state() -> None:
-        # The warm-up primes the cache from nothing, so the timed runs hit only what it stored.
+        # Cases 4a/4b: the warm-up primes the cache from nothing, so the timed runs hit only
+        # what it stored. Other cases: every run is a first run, as an operator's would be,
+        # with the hash cache on and empty (so it pays for filling the cache, too).
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
 
@@ -657,6 +658,7 @@ def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
         lambda _stdout: parse_agent_report(read_lines(report), str(tree.src)),
         check_extra=lambda stdout, truth: agent_counts_problem(stdout.read_bytes(), truth),
         before_warmup=fresh_state if spec.warm_cache else None,
+        before_each=None if spec.warm_cache else fresh_state,
     )
 
 
@@ -777,10 +779,14 @@ def run_case(spec: CaseSpec, opts: Options, log: Callable[[str], None]) -> CaseR
         for inv in tools:
             if inv.before_warmup:
                 inv.before_warmup()
+            if inv.before_each:
+                inv.before_each()
             log(f"case {spec.key}: warm-up (untimed) {inv.tool}")
             run_checked(inv, tree.truth, runs, label)
         for r, order in enumerate(rotations(tools, opts.repeat), 1):
             for inv in order:
+                if inv.before_each:
+                    inv.before_each()
                 if opts.prewarm:
                     prewarm(tree)
                 sample = run_checked(inv, tree.truth, runs, label)
