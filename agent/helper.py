@@ -39,9 +39,7 @@ PSEUDO_FS = {
 _HEADER = struct.Struct(">I")
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_OPEN_FLAGS = (
-    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
 
 
 def read_frame(stream):
@@ -59,13 +57,11 @@ def read_frame(stream):
 
 
 def write_frame(stream, message):
-    attached = 0  # trailing bytes elements travel as attachments
-    while attached < len(message) and isinstance(message[-1 - attached], bytes):
-        attached += 1
-    head = message[: len(message) - attached] if attached else message
-    parts = [json.dumps(head, separators=(",", ":")).encode("utf-8")]
-    parts.extend(message[len(message) - attached :] if attached else [])
-    payload = b"\0".join(parts)
+    cut = len(message)  # trailing bytes elements travel as attachments
+    while cut and isinstance(message[cut - 1], bytes):
+        cut -= 1
+    parts = [json.dumps(message[:cut], separators=(",", ":")).encode("utf-8")]
+    payload = b"\0".join(parts + message[cut:])
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
 
@@ -290,7 +286,7 @@ class Worker:
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
         same_dev = options.get("same_dev")
         pseudo = self.pseudo
-        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+        dir_fd = _open_dir(folder)
         try:
             dev = os.fstat(dir_fd).st_dev
             old = {}
@@ -416,7 +412,7 @@ class Worker:
         stats = [None] * count if want_stats else []
         total = 0
         try:
-            dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            dir_fd = _open_dir(folder)
         except OSError as exc:
             reason = "cannot open directory: " + os.strerror(exc.errno or 0)
             return digests, dict((str(i), reason) for i in range(count)), [], 0
@@ -518,6 +514,10 @@ def _open_error(exc):
     if exc.errno == errno.ELOOP:
         return "became a symbolic link"
     return "cannot open: " + os.strerror(exc.errno or 0)
+
+
+def _open_dir(folder):
+    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
 
 
 def _reopen(dir_fd, name):
