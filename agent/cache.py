@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import StateError
+from .helper import ROW_ITEM
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ CACHE_FILE = "hashcache.db"
 _DAY = 86400
 _KEEP_UNSEEN_DAYS = 30  # directories not verified for this long are dropped
 
-# A row holds JSON {"ino": [size, mtime_ns, ctime_ns, digest]}, with its device beside it.
+# A row holds one directory's entries in the binary format of helper.pack_row, with the
+# device it was made on beside it.
 
 
 class HashCache:
@@ -34,17 +36,18 @@ class HashCache:
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            # Rows are kilobytes of JSON: large pages keep most rows out of overflow pages
-            # (this applies when the file is created).
+            # Rows are kilobytes: large pages keep most rows out of overflow pages (this
+            # applies when the file is created).
             self._db.execute("PRAGMA page_size=65536")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            # Rows are kilobytes of JSON: a rowid table with a separate key index stores
-            # them more cheaply than a WITHOUT ROWID one. A cache made by an earlier version
-            # is simply dropped.
+            # Rows are kilobytes: a rowid table with a separate key index stores them more
+            # cheaply than a WITHOUT ROWID one. The tables of earlier versions, whose rows
+            # were JSON, are simply dropped.
             self._db.execute("DROP TABLE IF EXISTS directories")
+            self._db.execute("DROP TABLE IF EXISTS dir_rows")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS dir_rows ("
+                "CREATE TABLE IF NOT EXISTS digest_rows ("
                 " scope TEXT NOT NULL, path BLOB NOT NULL, dev INTEGER NOT NULL,"
                 " algorithm TEXT NOT NULL, entries BLOB NOT NULL, count INTEGER NOT NULL,"
                 " seen_day INTEGER NOT NULL, UNIQUE (scope, path))"
@@ -54,10 +57,10 @@ class HashCache:
             raise StateError(f"{self.path}: cannot open the hash cache: {exc}") from None
 
     def load_row(self, scope: str, path: bytes, algorithm: str) -> tuple[int, bytes] | None:
-        """One directory's row as (device, JSON text of its entries), None when unknown.
-        The text goes to the helper unparsed, which checks the device against its own."""
+        """One directory's row as (device, its entries), None when unknown. The entries go to
+        the helper unparsed, which checks the device against its own."""
         row = self._db.execute(
-            "SELECT dev, algorithm, entries, seen_day FROM dir_rows WHERE scope=? AND path=?",
+            "SELECT dev, algorithm, entries, seen_day FROM digest_rows WHERE scope=? AND path=?",
             (scope, path),
         ).fetchone()
         if row is None or row[1] != algorithm:
@@ -65,7 +68,7 @@ class HashCache:
         if row[3] != self._today:
             # Marked as seen at most once a day, so a warm run does not rewrite every row.
             self._db.execute(
-                "UPDATE dir_rows SET seen_day=? WHERE scope=? AND path=?",
+                "UPDATE digest_rows SET seen_day=? WHERE scope=? AND path=?",
                 (self._today, scope, path),
             )
             self._note_write()
@@ -73,13 +76,12 @@ class HashCache:
 
     def save_row(self, scope: str, path: bytes, algorithm: str, dev: int, entries: bytes) -> None:
         """Replace one directory's row; a row with no entries is dropped."""
-        # Each entry's value is one flat JSON list, so "[" counts the entries.
-        count = entries.count(b"[")
+        count = len(entries) // ROW_ITEM
         if not count:
-            self._db.execute("DELETE FROM dir_rows WHERE scope=? AND path=?", (scope, path))
+            self._db.execute("DELETE FROM digest_rows WHERE scope=? AND path=?", (scope, path))
         else:
             self._db.execute(
-                "INSERT OR REPLACE INTO dir_rows VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO digest_rows VALUES (?,?,?,?,?,?,?)",
                 (scope, path, dev, algorithm, entries, count, self._today),
             )
         self._note_write()
@@ -99,16 +101,16 @@ class HashCache:
         """Drop directories not seen for a month, then the least recently seen ones while
         the cache holds more than `max_entries` files."""
         cutoff = self._today - _KEEP_UNSEEN_DAYS
-        dropped = self._db.execute("DELETE FROM dir_rows WHERE seen_day < ?", (cutoff,)).rowcount
+        dropped = self._db.execute("DELETE FROM digest_rows WHERE seen_day < ?", (cutoff,)).rowcount
         total = self.count()
         if total > self.max_entries:
             rows = self._db.execute(
-                "SELECT scope, path, count FROM dir_rows ORDER BY seen_day"
+                "SELECT scope, path, count FROM digest_rows ORDER BY seen_day"
             ).fetchall()
             for scope, path, count in rows:
                 if total <= self.max_entries:
                     break
-                self._db.execute("DELETE FROM dir_rows WHERE scope=? AND path=?", (scope, path))
+                self._db.execute("DELETE FROM digest_rows WHERE scope=? AND path=?", (scope, path))
                 total -= count
                 dropped += 1
         self.commit()
@@ -116,13 +118,13 @@ class HashCache:
 
     def clear(self) -> int:
         dropped = self.count()
-        self._db.execute("DELETE FROM dir_rows")
+        self._db.execute("DELETE FROM digest_rows")
         self.commit()
         return dropped
 
     def count(self) -> int:
         """How many file digests the cache holds."""
-        (total,) = self._db.execute("SELECT coalesce(sum(count), 0) FROM dir_rows").fetchone()
+        (total,) = self._db.execute("SELECT coalesce(sum(count), 0) FROM digest_rows").fetchone()
         return int(total)
 
     def close(self) -> None:

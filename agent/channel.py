@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TargetError
+from .helper import decode_payload, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,13 @@ class Channel:
 
     def send(self, op: str, *args: Any, attach: bytes | None = None) -> int:
         """Queue one request; its reply comes from `wait_for_replies` with the returned id.
-        `attach` (JSON text) travels raw after the request and arrives as its last element."""
+        `attach` travels raw after the request and arrives as its last element."""
         self._next_id += 1
         ident = self._next_id
-        payload = json.dumps([op, ident, *args], separators=(",", ":")).encode()
-        size = len(payload) + (len(attach) + 1 if attach is not None else 0)
-        self._out += _HEADER.pack(size)
-        self._out += payload
+        message = [op, ident, *args]
         if attach is not None:
-            self._out += b"\0"
-            self._out += attach
+            message.append(attach)
+        self._out += encode_frame(message)
         self.outstanding += 1
         return ident  # written by the next wait_for_replies, with whatever else is queued
 
@@ -151,10 +148,7 @@ class Channel:
             self._answered = True
             if len(buf) - offset - 4 < size:
                 break
-            parts = bytes(buf[offset + 4 : offset + 4 + size]).split(b"\0")
-            message = json.loads(parts[0])
-            message.extend(parts[1:])  # attachments: raw bytes, see helper.py
-            replies.append(Reply(self, message))
+            replies.append(Reply(self, decode_payload(bytes(buf[offset + 4 : offset + 4 + size]))))
             offset += 4 + size
         if offset:
             del buf[:offset]

@@ -22,6 +22,7 @@ from .channel import Channel, Pool, Reply, call, wait_for_replies
 from .compare import KIND, MTIME, NAME, SIZE, VALUE, Entry, judge_digests, merge
 from .errors import AgentError, TargetError
 from .excludes import ExcludeRules
+from .helper import row_entries, row_from_entries
 from .model import DirCounts, DirResult, Verdict
 from .report import escape
 
@@ -104,7 +105,7 @@ class _Task:
     # digests say it should be saved once every digest is in.
     cache_old: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     cache_new: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    cache_more: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    cache_more: dict[str, dict[int, tuple[Any, ...]]] = field(default_factory=dict)
     devs: dict[str, int] = field(default_factory=dict)  # each side's device, from its scan
 
 
@@ -326,7 +327,7 @@ class _Run:
         tally.cache_hits += scan["hits"]
         self.e.bytes_done += scan["bytes"]
         task.devs[side] = scan["dev"]
-        if cache_row and self.e.cache is not None:
+        if scan["new_row"] and self.e.cache is not None:
             task.cache_new[side] = (scan["dev"], cache_row)
         task.scans[side] = scan
 
@@ -452,7 +453,7 @@ class _Run:
         more = task.cache_more.setdefault(side, {})
         for digest, st in zip(found, stats, strict=True):
             if digest is not None and st is not None and st[4]:  # not modified too recently
-                more[str(st[0])] = [st[1], st[2], st[3], digest]
+                more[st[0]] = (st[1], st[2], st[3], digest)
 
     def _save_cache(self, task: _Task) -> None:
         """Store the rows the scans sent, with the digests of large files read since."""
@@ -463,9 +464,9 @@ class _Run:
             more = task.cache_more.get(side)
             if more:
                 base = row or task.cache_old.get(side)
-                entries = json.loads(base[1]) if base and base[0] == task.devs[side] else {}
+                entries = row_entries(base[1]) if base and base[0] == task.devs[side] else {}
                 entries.update(more)
-                row = (task.devs[side], json.dumps(entries, separators=(",", ":")).encode())
+                row = (task.devs[side], row_from_entries(entries))
             if row is not None:
                 pool = self.e.source if side == "src" else self.e.target
                 path = self._path(side, task.rel).encode("latin-1")

@@ -6,10 +6,10 @@ Python standard library (xxhash is used when importable), keeps to syntax Python
 and must not import anything from the `agent` package.
 
 Protocol: frames of a 4-byte big-endian length and a JSON array, both ways. A frame may end
-with attachments, each a NUL byte and raw bytes (JSON text never holds a NUL byte); they are
-the array's last elements, as bytes, so large JSON texts pass through without being escaped
-into a string. File names are bytes on Linux; they travel as latin-1 strings, which map each
-byte to one code point and back, so every name survives and sorts in byte order.
+with attachments: the array's last elements, as bytes, which travel raw after the JSON text
+(see encode_frame), so large texts and binary cache rows are not escaped into strings.
+File names are bytes on Linux; they travel as latin-1 strings, which map each byte to one
+code point and back, so every name survives and sorts in byte order.
 """
 
 import errno
@@ -50,20 +50,81 @@ def read_frame(stream):
     payload = stream.read(size)
     if len(payload) < size:
         return None
-    parts = payload.split(b"\0")
-    message = json.loads(parts[0].decode("utf-8"))
-    message.extend(parts[1:])
-    return message
+    return decode_payload(payload)
 
 
 def write_frame(stream, message):
-    cut = len(message)  # trailing bytes elements travel as attachments
+    stream.write(encode_frame(message))
+    stream.flush()
+
+
+def encode_frame(message):
+    """A frame: its length, the JSON text of the list, then each trailing bytes element as an
+    attachment (a NUL byte after the JSON, then per attachment its length and bytes)."""
+    cut = len(message)
     while cut and isinstance(message[cut - 1], bytes):
         cut -= 1
     parts = [json.dumps(message[:cut], separators=(",", ":")).encode("utf-8")]
-    payload = b"\0".join(parts + message[cut:])
-    stream.write(_HEADER.pack(len(payload)) + payload)
-    stream.flush()
+    if cut < len(message):
+        parts.append(b"\0")  # JSON text never holds a NUL byte
+        for blob in message[cut:]:
+            parts.append(_HEADER.pack(len(blob)))
+            parts.append(blob)
+    body = b"".join(parts)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_payload(payload):
+    """The list a frame's payload (without its length) holds, attachments appended as bytes."""
+    end = payload.find(b"\0")
+    if end < 0:
+        return json.loads(payload.decode("utf-8"))
+    message = json.loads(payload[:end].decode("utf-8"))
+    pos = end + 1
+    while pos < len(payload):
+        (size,) = _HEADER.unpack_from(payload, pos)
+        message.append(payload[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return message
+
+
+# A hash cache row holds the digested files of one directory: per file its inode, size,
+# mtime_ns and ctime_ns as 64-bit little-endian integers, then all their digests in hex.
+_ROW_STATS = "QQqq"
+_ROW_DIGITS = 32  # hex digits of a 128-bit digest; both algorithms have 128 bits
+ROW_ITEM = 32 + _ROW_DIGITS  # bytes per file
+
+
+def pack_row(stats, digests):
+    """A cache row from flat [ino, size, mtime_ns, ctime_ns, ...] and the files' digests."""
+    return struct.pack("<" + _ROW_STATS * len(digests), *stats) + "".join(digests).encode()
+
+
+def unpack_row(row):
+    """A cache row as (flat stats, its digests as one string, {inode: position})."""
+    count = len(row) // ROW_ITEM
+    stats = struct.unpack_from("<" + _ROW_STATS * count, row)
+    digits = row[32 * count :].decode("ascii")
+    return stats, digits, dict(zip(stats[0::4], range(count)))  # noqa: B905 (3.6 has no strict)
+
+
+def row_entries(row):
+    """A cache row as {inode: (size, mtime_ns, ctime_ns, digest)}."""
+    stats, digits, where = unpack_row(row)
+    return {
+        ino: (stats[4 * i + 1], stats[4 * i + 2], stats[4 * i + 3], digits[32 * i : 32 * i + 32])
+        for ino, i in where.items()
+    }
+
+
+def row_from_entries(entries):
+    """The cache row of {inode: (size, mtime_ns, ctime_ns, digest)}."""
+    stats, digests = [], []
+    for ino, (size, mtime, ctime, digest) in entries.items():
+        if len(digest) == _ROW_DIGITS:  # anything else would shift every later digest
+            stats.extend((ino, size, mtime, ctime))
+            digests.append(digest)
+    return pack_row(stats, digests)
 
 
 def to_wire(name):
@@ -278,9 +339,9 @@ class Worker:
         row (made on device options["cache_dev"]): a file whose inode, size, mtime and ctime
         match keeps its digest unread, and the row to store is made. With options["same_dev"],
         directories on other devices are not entered (one_file_system). Returns a summary,
-        the listing and the cache row to store (b"" when unchanged); "complete" in the summary
-        says every file has its digest and nothing failed, so two equal listings mean two
-        identical directories."""
+        the listing and the cache row to store if "new_row" in the summary says so; "complete"
+        in the summary says every file has its digest and nothing failed, so two equal
+        listings mean two identical directories."""
         folder = from_wire(path)
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
@@ -289,19 +350,24 @@ class Worker:
         dir_fd = _open_dir(folder)
         try:
             dev = os.fstat(dir_fd).st_dev
-            old = {}
             remember = bool(options.get("remember"))  # the agent keeps a hash cache
+            old_stats, old_digits, old = (), "", {}
             if remember and cache_row and options.get("cache_dev") == dev:
-                old = json.loads(cache_row.decode("ascii"))
-            fresh = {}
+                old_stats, old_digits, old = unpack_row(cache_row)
+            # The row to store: flat (ino, size, mtime_ns, ctime_ns) per file, and digests.
+            row_stats, row_digests = [], []
+            keep_stats, keep_digest = row_stats.extend, row_digests.append
             # Digests of files changed this recently are not kept: they may change again
             # within the same mtime tick (the racy-git problem).
             settled = int((time.time() - RACY_SECONDS) * 1e9)
+            # With no cache row to consult, every regular file is read: open it first and
+            # fstat the descriptor, which saves the lookup of the name an lstat would repeat.
+            open_first = oneshot is not None and not old
             entries = []
             append = entries.append
             complete = True
             files_read = bytes_read = hits = 0
-            lstat_at = os.stat
+            lstat_at, fstat = os.stat, os.fstat
             is_file = stat.S_ISREG
             open_at, read, close = os.open, os.read, os.close
             # O_NONBLOCK: a file replaced by a FIFO must not hang the read.
@@ -310,39 +376,53 @@ class Worker:
             with os.scandir(folder) as it:
                 for entry in it:
                     name = entry.name
-                    try:
-                        # Relative to the open directory: no walk of the whole path per file.
-                        st = lstat_at(name, dir_fd=dir_fd, follow_symlinks=False)
-                    except OSError as exc:
-                        append(_unstatable(name, exc))
-                        complete = False
-                        continue
+                    fd = -1
+                    st = None
+                    if open_first and entry.is_file(follow_symlinks=False):
+                        try:
+                            fd = open_at(name, open_flags, dir_fd=dir_fd)
+                        except OSError:
+                            fd = _reopen(dir_fd, name)
+                        if fd >= 0:
+                            st = fstat(fd)
+                    if st is None:
+                        try:
+                            # Relative to the open directory: no walk of the whole path.
+                            st = lstat_at(name, dir_fd=dir_fd, follow_symlinks=False)
+                        except OSError as exc:
+                            append(_unstatable(name, exc))
+                            complete = False
+                            continue
                     mode = st.st_mode
                     if is_file(mode):
                         size = st.st_size
                         if size == 0:  # nothing to read: equal to any other empty file
+                            if fd >= 0:
+                                close(fd)
                             append([name.decode("latin-1"), "f", 0, ""])
                             continue
-                        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-                        key = str(st.st_ino) if remember else ""
-                        hit = old.get(key) if old else None
+                        ino, mtime, ctime = st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+                        at = old.get(ino) if old else None
                         if (
-                            hit is not None
-                            and hit[0] == size
-                            and hit[1] == mtime
-                            and hit[2] == ctime
+                            at is not None
+                            and old_stats[4 * at + 1] == size
+                            and old_stats[4 * at + 2] == mtime
+                            and old_stats[4 * at + 3] == ctime
                         ):
-                            append([name.decode("latin-1"), "f", size, hit[3]])
-                            fresh[key] = hit
+                            digest = old_digits[32 * at : 32 * at + 32]
+                            append([name.decode("latin-1"), "f", size, digest])
+                            keep_stats((ino, size, mtime, ctime))
+                            keep_digest(digest)
                             hits += 1
                             continue
                         digest = None
                         if oneshot is not None and size <= SMALL_FILE:
                             # Inlined (open, read, close): this runs once per small file.
-                            try:
-                                fd = open_at(name, open_flags, dir_fd=dir_fd)
-                            except OSError:
-                                fd = _reopen(dir_fd, name)
+                            if fd < 0:
+                                try:
+                                    fd = open_at(name, open_flags, dir_fd=dir_fd)
+                                except OSError:
+                                    fd = _reopen(dir_fd, name)
                             data = b""
                             if fd >= 0:
                                 try:
@@ -356,14 +436,20 @@ class Worker:
                                 bytes_read += size
                                 if hasher.read_limit:
                                     hasher.throttle(size)
+                        elif fd >= 0:
+                            close(fd)  # opened first, but too large to read here
                         if digest is None:
                             complete = False
                             append([name.decode("latin-1"), "f", size, None, mtime])
                             continue
                         append([name.decode("latin-1"), "f", size, digest])
                         if remember and mtime < settled and ctime < settled:
-                            fresh[key] = [size, mtime, ctime, digest]
-                    elif stat.S_ISDIR(mode):
+                            keep_stats((ino, size, mtime, ctime))
+                            keep_digest(digest)
+                        continue
+                    if fd >= 0:  # a regular file when listed, something else by now
+                        close(fd)
+                    if stat.S_ISDIR(mode):
                         kind = "d"
                         if (same_dev is not None and st.st_dev != same_dev) or (
                             pseudo and (folder.rstrip(b"/") + b"/" + name) in pseudo
@@ -392,11 +478,13 @@ class Worker:
             "specials": sum(1 for e in entries if e[1] == "s"),
         }
         # The entries go as JSON text that the agent compares with the other side's whole and
-        # parses only when they differ; the cache row as the text to store (b"": unchanged).
+        # parses only when they differ; the cache row as the bytes to store (b"": unchanged).
         listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
-        row = b""
-        if remember and fresh != old:
-            row = json.dumps(fresh, separators=(",", ":")).encode("ascii")
+        row = pack_row(row_stats, row_digests) if remember else b""
+        # "new_row": the row to store differs from the one sent (an empty one is dropped).
+        summary["new_row"] = remember and not (old and row == cache_row)
+        if not summary["new_row"]:
+            row = b""  # it need not travel back
         return summary, listing, row
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):

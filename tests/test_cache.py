@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from agent.cache import HashCache
 from agent.config import parse_config
+from agent.helper import row_from_entries
 from agent.verify import run_verification
 
 from .conftest import write_tree
@@ -17,18 +17,18 @@ DAY = 86400
 
 
 def row(entries: dict[int, list]) -> bytes:
-    return json.dumps(entries, separators=(",", ":")).encode()
+    return row_from_entries({ino: (*stats, "ab" * 16) for ino, stats in entries.items()})
 
 
 def test_rows_round_trip_and_are_keyed_by_device_and_algorithm(tmp_path: Path) -> None:
     cache = HashCache(tmp_path)
-    cache.save_row("local", b"/d", "xxh3-128", 7, row({11: [5, 100, 200, "ab"]}))
+    cache.save_row("local", b"/d", "xxh3-128", 7, row({11: [5, 100, 200]}))
     cache.commit()
     # The device goes with the row: the helper ignores a row made on another filesystem.
-    assert cache.load_row("local", b"/d", "xxh3-128") == (7, row({11: [5, 100, 200, "ab"]}))
+    assert cache.load_row("local", b"/d", "xxh3-128") == (7, row({11: [5, 100, 200]}))
     assert cache.load_row("local", b"/d", "blake2b") is None
     assert cache.load_row("ssh://h", b"/d", "xxh3-128") is None
-    cache.save_row("local", b"/e", "xxh3-128", 7, b"{}")  # no entries: no row
+    cache.save_row("local", b"/e", "xxh3-128", 7, row({}))  # no entries: no row
     assert cache.load_row("local", b"/e", "xxh3-128") is None
     cache.close()
     reopened = HashCache(tmp_path)
@@ -41,7 +41,7 @@ def test_size_is_bounded_by_dropping_the_least_recently_seen(tmp_path: Path) -> 
     now = time.time()
     for age_days, path in ((10, b"/old"), (5, b"/mid"), (0, b"/new")):
         cache = HashCache(tmp_path, max_entries=1000, clock=lambda a=age_days: now - a * DAY)
-        cache.save_row("local", path, "xxh3-128", 1, row({i: [1, 1, 1, "x"] for i in range(600)}))
+        cache.save_row("local", path, "xxh3-128", 1, row({i: [1, 1, 1] for i in range(600)}))
         cache.close()
     cache = HashCache(tmp_path, max_entries=1000, clock=lambda: now)
     assert cache.count() == 1800
@@ -55,7 +55,7 @@ def test_size_is_bounded_by_dropping_the_least_recently_seen(tmp_path: Path) -> 
 def test_directories_unseen_for_a_month_are_dropped(tmp_path: Path) -> None:
     now = time.time()
     cache = HashCache(tmp_path, clock=lambda: now - 40 * DAY)
-    cache.save_row("local", b"/gone", "xxh3-128", 1, row({1: [1, 1, 1, "x"]}))
+    cache.save_row("local", b"/gone", "xxh3-128", 1, row({1: [1, 1, 1]}))
     cache.close()
     cache = HashCache(tmp_path, clock=lambda: now)
     assert cache.prune() == 1 and cache.count() == 0
