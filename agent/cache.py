@@ -74,6 +74,12 @@ class HashCache:
             self._note_write()
         return int(row[0]), bytes(row[2])
 
+    def holds(self, scope: str) -> bool:
+        """Whether any row belongs to this scope: on a first run none does, and the walk
+        need not ask for each directory's."""
+        found = self._db.execute("SELECT 1 FROM digest_rows WHERE scope=? LIMIT 1", (scope,))
+        return found.fetchone() is not None
+
     def save_row(self, scope: str, path: bytes, algorithm: str, dev: int, entries: bytes) -> None:
         """Replace one directory's row; a row with no entries is dropped."""
         count = len(entries) // ROW_ITEM

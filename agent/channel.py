@@ -97,15 +97,12 @@ class Channel:
         self._stderr_thread.start()
         self.flush()
 
-    def send(self, op: str, *args: Any, attach: bytes | None = None) -> int:
+    def send(self, op: str, *args: Any, attach: Sequence[bytes] = ()) -> int:
         """Queue one request; its reply comes from `wait_for_replies` with the returned id.
-        `attach` travels raw after the request and arrives as its last element."""
+        `attach` travels raw after the request and arrives as its last elements."""
         self._next_id += 1
         ident = self._next_id
-        message = [op, ident, *args]
-        if attach is not None:
-            message.append(attach)
-        self._out += encode_frame(message)
+        self._out += encode_frame([op, ident, *args, *attach])
         self.outstanding += 1
         return ident  # written by the next wait_for_replies, with whatever else is queued
 

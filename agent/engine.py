@@ -32,7 +32,10 @@ ReportSink = Callable[[str, Verdict, bytes, "str | None"], None]
 ProgressSink = Callable[[int, int], None]  # files settled, bytes hashed (run totals so far)
 
 MAX_OPEN_DIRS = 256  # directories listed but not yet settled
-LIST_AHEAD = 64  # scan requests in flight per helper: it must never wait for the next
+# Directories per scan request: a batch costs both processes one message instead of one per
+# directory (on the benchmark's 1,400 directories of 70 files, 0.06 s of a 1 s run).
+SCAN_BATCH = 8
+LIST_AHEAD = 8  # scan requests in flight per helper: it must never wait for the next
 HASH_CHUNK_FILES = 256
 HASH_CHUNK_BYTES = 16 << 20  # so several workers share the files of one large directory
 MAX_ERROR_SAMPLES = 50
@@ -199,11 +202,19 @@ class _Run:
         self.dir_check = dir_check
         self.roots = {"src": src_root.rstrip(b"/"), "tgt": tgt_root.rstrip(b"/")}
         self.devs = {"src": src_dev, "tgt": tgt_dev}
+        cache = engine.cache
+        # The sides whose scope has rows in the hash cache, to look up per directory.
+        self.cached = {
+            side: cache is not None and cache.holds(pool.scope)
+            for side, pool in (("src", engine.source), ("tgt", engine.target))
+        }
         self.rules = rules
         self.tally = tally
         self.stack: list[_Task] = []
         self.open = 0
-        self.inflight: dict[tuple[Channel, int], tuple[_Task, str, str, list[int]]] = {}
+        # Per request: the directories it is for (one for a hash request), side, op and, for
+        # a hash request, the indexes of the pairs it digests.
+        self.inflight: dict[tuple[Channel, int], tuple[list[_Task], str, str, list[int]]] = {}
         self.last_reply = time.monotonic()
 
     def loop(self) -> None:
@@ -218,7 +229,8 @@ class _Run:
                 and self.open < MAX_OPEN_DIRS
                 and (self._room_to_list() or not self.inflight)
             ):
-                self._start(self.stack.pop())
+                room = min(SCAN_BATCH, MAX_OPEN_DIRS - self.open, len(self.stack))
+                self._start([self.stack.pop() for _ in range(room)])
             if not self.inflight:
                 continue
             replies = wait_for_replies(e.channels, 0.5)
@@ -241,50 +253,59 @@ class _Run:
         root = self.roots[side]
         return (root + b"/" + rel if rel else root or b"/").decode("latin-1")
 
-    def _start(self, task: _Task) -> None:
-        self.open += 1
-        # Small files are read during the scan only where both sides have the directory:
-        # a file with no counterpart is never read.
-        speculate = task.on_src and task.on_tgt and not task.target_unreadable
-        if task.on_src:
-            self._scan(task, "src", speculate)
-        if task.on_tgt and not task.target_unreadable:
-            self._scan(task, "tgt", speculate)
-        if task.waiting == 0:
-            self._merge(task)
+    def _start(self, batch: list[_Task]) -> None:
+        self.open += len(batch)
+        self._scan([t for t in batch if t.on_src], "src")
+        self._scan([t for t in batch if t.on_tgt and not t.target_unreadable], "tgt")
+        for task in batch:
+            if task.waiting == 0:
+                self._merge(task)
 
-    def _scan(self, task: _Task, side: str, speculate: bool) -> None:
-        path = self._path(side, task.rel)
-        options: dict[str, Any] = {"hash": speculate}
-        if self.e.one_file_system:
-            options["same_dev"] = self.devs[side]
+    def _scan(self, tasks: list[_Task], side: str) -> None:
+        """Ask one helper of `side` to scan these directories, in one request."""
+        if not tasks:
+            return
+        pool = self.e.source if side == "src" else self.e.target
         cache = self.e.cache
-        row = None
-        if cache is not None:
-            options["remember"] = True
-            pool = self.e.source if side == "src" else self.e.target
-            row = cache.load_row(pool.scope, path.encode("latin-1"), pool.algorithm)
-            if row is not None:
-                task.cache_old[side] = row
-                options["cache_dev"] = row[0]
-        self._send(task, side, "scan", [], path, options, attach=row[1] if row else None)
+        dirs: list[list[Any]] = []
+        rows: list[bytes] = []
+        for task in tasks:
+            path = self._path(side, task.rel)
+            # Small files are read during the scan only where both sides have the
+            # directory: a file with no counterpart is never read.
+            speculate = task.on_src and task.on_tgt and not task.target_unreadable
+            options: dict[str, Any] = {"hash": speculate}
+            if self.e.one_file_system:
+                options["same_dev"] = self.devs[side]
+            row = None
+            if cache is not None:
+                options["remember"] = True
+                if self.cached[side]:
+                    row = cache.load_row(pool.scope, path.encode("latin-1"), pool.algorithm)
+                if row is not None:
+                    task.cache_old[side] = row
+                    options["cache_dev"] = row[0]
+            dirs.append([path, options])
+            rows.append(row[1] if row else b"")
+        self._send(tasks, side, "scan", [], dirs, attach=rows)
 
     def _send(
         self,
-        task: _Task,
+        tasks: list[_Task],
         side: str,
         op: str,
         indexes: list[int],
         *args: Any,
-        attach: bytes | None = None,
+        attach: list[bytes] | None = None,
     ) -> None:
         pool = self.e.source if side == "src" else self.e.target
         if not pool.alive:
             raise TargetError(f"{pool.channels[0].label}: connection lost")
         channel = pool.pick()
-        ident = channel.send(op, *args, attach=attach)
-        self.inflight[(channel, ident)] = (task, side, op, indexes)
-        task.waiting += 1
+        ident = channel.send(op, *args, attach=attach or ())
+        self.inflight[(channel, ident)] = (tasks, side, op, indexes)
+        for task in tasks:
+            task.waiting += 1
 
     def _handle(self, reply: Reply) -> None:
         channel, message = reply.channel, reply.message
@@ -296,30 +317,36 @@ class _Run:
         key = (channel, message[1])
         if key not in self.inflight:
             return  # a reply for an abandoned directory
-        task, side, op, indexes = self.inflight.pop(key)
-        task.waiting -= 1
+        tasks, side, op, indexes = self.inflight.pop(key)
         if op == "scan":
-            self._listed(task, side, message)
-        else:
-            self._hashed(task, side, message, indexes)
+            for i, task in enumerate(tasks):
+                if message[0] != "ok":  # the whole request failed
+                    self._listed(task, side, {"error": message[2]}, b"", b"")
+                else:
+                    self._listed(task, side, message[2][i], message[3 + 2 * i], message[4 + 2 * i])
+                task.waiting -= 1
+                if task.waiting == 0:
+                    self._merge(task)
+            return
+        task = tasks[0]
+        task.waiting -= 1
+        self._hashed(task, side, message, indexes)
         if task.waiting == 0:
-            if op == "scan":
-                self._merge(task)
-            else:
-                self._settle(task)
+            self._settle(task)
 
     # --- listings -----------------------------------------------------------------------
 
-    def _listed(self, task: _Task, side: str, message: list[Any]) -> None:
-        if message[0] != "ok":
-            reason = f"cannot list: {message[2]}"
+    def _listed(
+        self, task: _Task, side: str, scan: dict[str, Any], listing: bytes, cache_row: bytes
+    ) -> None:
+        if "error" in scan:
+            reason = f"cannot list: {scan['error']}"
             if side == "src":
                 # What is inside cannot be counted; say so instead of calling it consistent.
                 self._verdict(Verdict.ERROR, task.rel, f"source: {reason}")
             else:
                 task.target_unreadable = reason
             return
-        scan, listing, cache_row = message[2], message[3], message[4]
         scan["entries"] = listing
         tally = self.tally
         tally.files_hashed += scan["read"]
@@ -428,7 +455,7 @@ class _Run:
         sizes = [e[SIZE] for e in entries]
         mtimes = [e[MTIME] for e in entries]
         want_stats = self.e.cache is not None
-        self._send(task, side, "hash", indexes, path, names, sizes, mtimes, want_stats)
+        self._send([task], side, "hash", indexes, path, names, sizes, mtimes, want_stats)
 
     def _hashed(self, task: _Task, side: str, message: list[Any], indexes: list[int]) -> None:
         digests = task.src_digests if side == "src" else task.tgt_digests

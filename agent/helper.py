@@ -89,32 +89,30 @@ def decode_payload(payload):
 
 
 # A hash cache row holds the digested files of one directory: per file its inode, size,
-# mtime_ns and ctime_ns as 64-bit little-endian integers, then all their digests in hex.
+# mtime_ns and ctime_ns as 64-bit little-endian integers, then all their 128-bit digests.
 _ROW_STATS = "QQqq"
-_ROW_DIGITS = 32  # hex digits of a 128-bit digest; both algorithms have 128 bits
-ROW_ITEM = 32 + _ROW_DIGITS  # bytes per file
+_ROW_DIGITS = 32  # hex digits of a digest: both algorithms give 128 bits
+ROW_ITEM = 32 + 16  # bytes per file
 
 
 def pack_row(stats, digests):
     """A cache row from flat [ino, size, mtime_ns, ctime_ns, ...] and the files' digests."""
-    return struct.pack("<" + _ROW_STATS * len(digests), *stats) + "".join(digests).encode()
+    return struct.pack("<" + _ROW_STATS * len(digests), *stats) + bytes.fromhex("".join(digests))
 
 
 def unpack_row(row):
-    """A cache row as (flat stats, its digests as one string, {inode: position})."""
+    """A cache row as {(ino, size, mtime_ns, ctime_ns): digest}."""
     count = len(row) // ROW_ITEM
     stats = struct.unpack_from("<" + _ROW_STATS * count, row)
-    digits = row[32 * count :].decode("ascii")
-    return stats, digits, dict(zip(stats[0::4], range(count)))  # noqa: B905 (3.6 has no strict)
+    digits = row[32 * count :].hex()
+    keys = zip(stats[0::4], stats[1::4], stats[2::4], stats[3::4])
+    digests = [digits[i : i + _ROW_DIGITS] for i in range(0, len(digits), _ROW_DIGITS)]
+    return dict(zip(keys, digests))
 
 
 def row_entries(row):
     """A cache row as {inode: (size, mtime_ns, ctime_ns, digest)}."""
-    stats, digits, where = unpack_row(row)
-    return {
-        ino: (stats[4 * i + 1], stats[4 * i + 2], stats[4 * i + 3], digits[32 * i : 32 * i + 32])
-        for ino, i in where.items()
-    }
+    return {key[0]: key[1:] + (digest,) for key, digest in unpack_row(row).items()}
 
 
 def row_from_entries(entries):
@@ -351,9 +349,8 @@ class Worker:
         try:
             dev = os.fstat(dir_fd).st_dev
             remember = bool(options.get("remember"))  # the agent keeps a hash cache
-            old_stats, old_digits, old = (), "", {}
-            if remember and cache_row and options.get("cache_dev") == dev:
-                old_stats, old_digits, old = unpack_row(cache_row)
+            usable = remember and cache_row and options.get("cache_dev") == dev
+            old = unpack_row(cache_row) if usable else {}
             # The row to store: flat (ino, size, mtime_ns, ctime_ns) per file, and digests.
             row_stats, row_digests = [], []
             keep_stats, keep_digest = row_stats.extend, row_digests.append
@@ -401,17 +398,12 @@ class Worker:
                                 close(fd)
                             append([name.decode("latin-1"), "f", 0, ""])
                             continue
-                        ino, mtime, ctime = st.st_ino, st.st_mtime_ns, st.st_ctime_ns
-                        at = old.get(ino) if old else None
-                        if (
-                            at is not None
-                            and old_stats[4 * at + 1] == size
-                            and old_stats[4 * at + 2] == mtime
-                            and old_stats[4 * at + 3] == ctime
-                        ):
-                            digest = old_digits[32 * at : 32 * at + 32]
+                        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+                        key = (st.st_ino, size, mtime, ctime)
+                        digest = old.get(key) if old else None
+                        if digest is not None:  # the file is as it was when last hashed
                             append([name.decode("latin-1"), "f", size, digest])
-                            keep_stats((ino, size, mtime, ctime))
+                            keep_stats(key)
                             keep_digest(digest)
                             hits += 1
                             continue
@@ -444,7 +436,7 @@ class Worker:
                             continue
                         append([name.decode("latin-1"), "f", size, digest])
                         if remember and mtime < settled and ctime < settled:
-                            keep_stats((ino, size, mtime, ctime))
+                            keep_stats(key)
                             keep_digest(digest)
                         continue
                     if fd >= 0:  # a regular file when listed, something else by now
@@ -481,11 +473,29 @@ class Worker:
         # parses only when they differ; the cache row as the bytes to store (b"": unchanged).
         listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
         row = pack_row(row_stats, row_digests) if remember else b""
-        # "new_row": the row to store differs from the one sent (an empty one is dropped).
-        summary["new_row"] = remember and not (old and row == cache_row)
+        # "new_row": the row to store differs from the one sent (an empty one drops it).
+        summary["new_row"] = bool(
+            remember and (row != cache_row or not usable) and (row or cache_row)
+        )
         if not summary["new_row"]:
             row = b""  # it need not travel back
         return summary, listing, row
+
+    def scan_dirs(self, dirs, rows):
+        """scan_dir for each [path, options] of a batch with its cache row (b"" for none):
+        [summaries], then each directory's listing and row. A directory that cannot be
+        scanned has {"error": why} for its summary."""
+        summaries, blobs = [], []
+        for (path, options), row in zip(dirs, rows):
+            try:
+                summary, listing, new_row = self.scan_dir(path, options, row)
+            except OSError as exc:
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                summary, listing, new_row = {"error": why}, b"", b""
+            summaries.append(summary)
+            blobs.append(listing)
+            blobs.append(new_row)
+        return [summaries] + blobs
 
     def hash_files(self, path, names, sizes, mtimes, want_stats):
         """Digest the named files of one directory, each expected at the size and mtime the
@@ -573,8 +583,7 @@ class Worker:
             if op == "stat":
                 return ["ok", ident, self.stat_root(message[2])]
             if op == "scan":
-                summary, listing, row = self.scan_dir(*message[2:5])
-                return ["ok", ident, summary, listing, row]
+                return ["ok", ident] + self.scan_dirs(message[2], message[3:])
             if op == "hash":
                 digests, errors, stats, total = self.hash_files(*message[2:7])
                 return ["ok", ident, digests, errors, stats, total]

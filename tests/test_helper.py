@@ -88,12 +88,17 @@ def test_protocol_round_trip_with_binary_names(tmp_path: Path) -> None:
     try:
         hello = call(channel, "hello", {"algorithms": ["xxh3-128"]}, timeout=30)
         assert hello["algorithm"] == "xxh3-128" and hello["via"] == "python-xxhash"
-        ident = channel.send("scan", os.fsencode(tmp_path).decode("latin-1"), {"hash": True})
+        folder = os.fsencode(tmp_path).decode("latin-1")
+        # One request scans a batch of directories; this one names the folder and a
+        # directory that does not exist, which fails alone.
+        ident = channel.send("scan", [[folder, {"hash": True}], [folder + "/none", {}]],
+                             attach=[b"", b""])  # fmt: skip
         replies = []
         while not replies:
             replies = wait_for_replies([channel], 5.0)
-        status, reply_id, summary, listing, row = replies[0].message  # type: ignore[misc]
-        assert (status, reply_id, summary["complete"]) == ("ok", ident, True)
+        status, reply_id, summaries, listing, row, *missing = replies[0].message  # type: ignore[misc]
+        assert (status, reply_id, summaries[0]["complete"]) == ("ok", ident, True)
+        assert summaries[1] == {"error": "No such file or directory"} and missing == [b"", b""]
         assert isinstance(listing, bytes) and isinstance(row, bytes)  # the attachments
         entries = json.loads(listing)
         assert [e[0].encode("latin-1") for e in entries] == [name]
