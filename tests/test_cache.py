@@ -84,3 +84,12 @@ def test_a_deleted_file_leaves_the_cache_when_its_directory_is_seen_again(tmp_pa
     cache = HashCache(tmp_path / "state")
     assert cache.count() == 4
     cache.close()
+    # A directory whose files are all gone leaves no row behind.
+    for side in ("src", "tgt"):
+        for name in ("a", "b"):
+            os.unlink(tmp_path / side / name)
+    [result] = run_verification(config, config.directories)
+    assert result.counts.total == 0
+    cache = HashCache(tmp_path / "state")
+    assert cache.count() == 0
+    cache.close()

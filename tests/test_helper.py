@@ -197,3 +197,15 @@ def test_scan_marks_other_devices_not_to_enter(tmp_path: Path) -> None:
     assert listed(tmp_path)["sub"][1] == "d"
     entries = json.loads(scan(tmp_path, same_dev=dev + 1)["entries"])
     assert entries[0][:2] == ["sub", "p"]
+
+
+def test_cache_rows_pack_and_unpack() -> None:
+    digest = "0123456789abcdef" * 2
+    entries = {2**63 + 5: (2**40, -1, 1_700_000_000_123_456_789, digest), 7: (0, 1, 2, "f" * 32)}
+    row = helper.row_from_entries(entries)
+    assert len(row) == 2 * helper.ROW_ITEM
+    assert helper.row_entries(row) == entries
+    assert helper.unpack_row(row)[(7, 0, 1, 2)] == "f" * 32
+    # A digest of another length would shift every later one: it is left out.
+    assert helper.row_entries(helper.row_from_entries({**entries, 9: (1, 1, 1, "abc")})) == entries
+    assert helper.row_from_entries({}) == b""
