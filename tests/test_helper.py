@@ -209,3 +209,20 @@ def test_cache_rows_pack_and_unpack() -> None:
     # A digest of another length would shift every later one: it is left out.
     assert helper.row_entries(helper.row_from_entries({**entries, 9: (1, 1, 1, "abc")})) == entries
     assert helper.row_from_entries({}) == b""
+
+
+def test_scan_with_mostly_empty_files_still_reads_the_others(tmp_path: Path) -> None:
+    # Past a few empty files the scan stops opening files before it stats them; the files
+    # after the switch must still be read.
+    import xxhash
+
+    contents = {f"e{i:02d}": b"" for i in range(30)}
+    contents.update({f"f{i:02d}": b"x" * (i + 1) for i in range(10)})
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    found = scan(tmp_path, hash=True, remember=True)
+    entries = {e[0]: e for e in json.loads(found["entries"])}
+    assert found["complete"] is True and found["read"] == 10
+    for name, data in contents.items():
+        want = xxhash.xxh3_128_hexdigest(data) if data else ""
+        assert entries[name][1:] == ["f", len(data), want], name
