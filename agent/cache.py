@@ -33,6 +33,7 @@ class HashCache:
         self.max_entries = max_entries
         self._today = int(clock()) // _DAY
         self._writes = 0
+        self._closed = False
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -134,6 +135,10 @@ class HashCache:
         return int(total)
 
     def close(self) -> None:
+        """Commit and close; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._db.in_transaction:
                 self._db.execute("COMMIT")

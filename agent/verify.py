@@ -83,6 +83,12 @@ class _Pools:
         self._spare = spawn_local(self.workers)
         self.stack.callback(self._close_spare)
 
+    def hang_up(self) -> None:
+        """Tell every helper the run is over; closing the pools then only reaps them."""
+        for pool in [*self._targets.values(), *self._sources.values()]:
+            for channel in pool.channels:
+                channel.hang_up()
+
     def _close_spare(self) -> None:
         for channel in self._spare:
             channel.close()
@@ -164,6 +170,9 @@ def run_verification(
             results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
         if cache is not None:
             cache.prune()
+            # The helpers exit while the cache is written out, rather than after.
+            pools.hang_up()
+            cache.close()
     return results
 
 
