@@ -154,10 +154,14 @@ def test_agent_counts_problem() -> None:
     assert "no consistency_result" in str(bench.agent_counts_problem(b"{}", truth))
 
 
-def test_rotations_alternate_the_order() -> None:
-    tools = [bench.Invocation(n, [], frozenset(), lambda _p: bench.Answer()) for n in "ABC"]
-    orders = ["".join(i.tool for i in order) for order in bench.rotations(tools, 4)]
-    assert orders == ["ABC", "BCA", "CAB", "ABC"]
+def test_rotations_put_rclone_first_and_alternate_the_rest() -> None:
+    names = ["agent", "rsync", "rclone"]
+    tools = [bench.Invocation(n, [], frozenset(), lambda _p: bench.Answer()) for n in names]
+    orders = [[i.tool for i in order] for order in bench.rotations(tools, 4)]
+    assert orders == [["rclone", "agent", "rsync"], ["rclone", "rsync", "agent"]] * 2
+    # Over SSH there is no rclone: the two alternate.
+    orders = [[i.tool for i in order] for order in bench.rotations(tools[:2], 2)]
+    assert orders == [["agent", "rsync"], ["rsync", "agent"]]
 
 
 def test_parse_cases() -> None:
