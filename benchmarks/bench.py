@@ -787,6 +787,8 @@ def run_case(spec: CaseSpec, opts: Options, log: Callable[[str], None]) -> CaseR
                 inv.before_each()
             log(f"case {spec.key}: warm-up (untimed) {inv.tool}")
             run_checked(inv, tree.truth, runs, label)
+        for inv in tools:  # the table lists the tools in this order, not in running order
+            result.samples.setdefault(inv.tool, [])
         for r, order in enumerate(rotations(tools, opts.repeat), 1):
             for inv in order:
                 if inv.before_each:
