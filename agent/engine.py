@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +249,9 @@ class _Run:
         # they come (and still counted off their channel's `outstanding`).
         self.inflight.clear()
 
+    def _pool(self, side: str) -> Pool:
+        return self.e.source if side == "src" else self.e.target
+
     def _path(self, side: str, rel: bytes) -> str:
         root = self.roots[side]
         return (root + b"/" + rel if rel else root or b"/").decode("latin-1")
@@ -265,7 +268,7 @@ class _Run:
         """Ask one helper of `side` to scan these directories, in one request."""
         if not tasks:
             return
-        pool = self.e.source if side == "src" else self.e.target
+        pool = self._pool(side)
         cache = self.e.cache
         dirs: list[list[Any]] = []
         rows: list[bytes] = []
@@ -296,13 +299,13 @@ class _Run:
         op: str,
         indexes: list[int],
         *args: Any,
-        attach: list[bytes] | None = None,
+        attach: Sequence[bytes] = (),
     ) -> None:
-        pool = self.e.source if side == "src" else self.e.target
+        pool = self._pool(side)
         if not pool.alive:
             raise TargetError(f"{pool.channels[0].label}: connection lost")
         channel = pool.pick()
-        ident = channel.send(op, *args, attach=attach or ())
+        ident = channel.send(op, *args, attach=attach)
         self.inflight[(channel, ident)] = (tasks, side, op, indexes)
         for task in tasks:
             task.waiting += 1
@@ -319,8 +322,9 @@ class _Run:
             return  # a reply for an abandoned directory
         tasks, side, op, indexes = self.inflight.pop(key)
         if op == "scan":
+            failed = message[0] != "ok"  # the whole request, not one directory of it
             for i, task in enumerate(tasks):
-                if message[0] != "ok":  # the whole request failed
+                if failed:
                     self._listed(task, side, {"error": message[2]}, b"", b"")
                 else:
                     self._listed(task, side, message[2][i], message[3 + 2 * i], message[4 + 2 * i])
@@ -495,7 +499,7 @@ class _Run:
                 entries.update(more)
                 row = (task.devs[side], row_from_entries(entries))
             if row is not None:
-                pool = self.e.source if side == "src" else self.e.target
+                pool = self._pool(side)
                 path = self._path(side, task.rel).encode("latin-1")
                 cache.save_row(pool.scope, path, pool.algorithm, row[0], row[1])
         task.cache_old, task.cache_new, task.cache_more = {}, {}, {}

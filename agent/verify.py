@@ -170,8 +170,9 @@ def run_verification(
             results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
         if cache is not None:
             cache.prune()
-            # The helpers exit while the cache is written out, rather than after.
-            pools.hang_up()
+        # The helpers exit while the cache is written out (and each other), not one by one.
+        pools.hang_up()
+        if cache is not None:
             cache.close()
     return results
 
