@@ -24,8 +24,8 @@ from . import __version__, output
 from .config import AgentConfig, find_config, load_config, normalise_dir, render
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
-from .report import ReportWriter
-from .verify import run_verification
+from .verify.report import ReportWriter
+from .verify.runner import run_verification
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNDELIVERED = 0, 1, 2, 3
 log = logging.getLogger("agent")
@@ -183,7 +183,7 @@ def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) 
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
         return {**note, "message": "Nothing uploaded (--no-upload)."}
-    from . import delivery  # imported here: requests is slow to load and --no-upload needs none
+    from .sms import delivery  # imported here: requests is slow to load and --no-upload needs none
 
     if not config.endpoint or not config.task_id:
         missing = "endpoint" if not config.endpoint else "task_id"
@@ -265,7 +265,7 @@ def cache_group() -> None:
 @click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
 def cache_clear(config_path: str | None, state_dir: str | None) -> None:
     """Forget every cached digest, so the next run reads every file again."""
-    from .cache import HashCache
+    from .verify.cache import HashCache
 
     config = _load(config_path).with_overrides(state_dir=state_dir)
     cache = HashCache(Path(config.state_dir), max_entries=config.cache.max_entries)
@@ -288,7 +288,7 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
 )
 def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     """Deliver the queued results now, ignoring their backoff; exit 3 if some stay queued."""
-    from . import delivery
+    from .sms import delivery
 
     config = _load(config_path).with_overrides(state_dir=state_dir)
     deadline = time.time() + wait if wait else None
@@ -305,7 +305,7 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def status(config_path: str | None, state_dir: str | None, remote: bool, as_json: bool) -> None:
     """Show the last result per directory and what is pending or dead-lettered."""
-    from . import delivery
+    from .sms import delivery
 
     config = _load(config_path).with_overrides(state_dir=state_dir)
     local = delivery.status(config)
@@ -335,8 +335,8 @@ def run(config_path: str | None, log_format: str) -> None:
 
     SIGHUP or an edit of the config file reloads it; an invalid one is logged and ignored.
     """
-    from .daemon import Daemon
-    from .logs import setup_logging
+    from .service.daemon import Daemon
+    from .service.logs import setup_logging
 
     setup_logging(
         log_format,

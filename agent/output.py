@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .model import DirResult
-from .report import escape
-from .targets import ALGORITHMS, parse_target
+from .verify.report import escape
+from .verify.targets import ALGORITHMS, parse_target
 
 if TYPE_CHECKING:  # delivery pulls in requests, which `verify --no-upload` never needs
-    from .delivery import FlushReport, StatusReport
+    from .sms.delivery import FlushReport, StatusReport
 
 
 def human_bytes(n: int) -> str:

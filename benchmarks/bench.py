@@ -638,7 +638,7 @@ def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
     runs = opts.workdir / "runs"
     state = opts.workdir / "state" / f"case{spec.key}"
     config = runs / f"case{spec.key}-agent.yaml"
-    report = runs / f"case{spec.key}-agent.report"
+    report = runs / f"case{spec.key}-agent.verify.report"
     state.mkdir(parents=True, exist_ok=True)
     write_agent_config(config, tree, state, opts, spec.ssh)
     argv = [opts.agent_cmd, "verify", "--config", str(config), "--no-upload", "--json"]

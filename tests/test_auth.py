@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.auth import (
+from agent.config import AuthConfig, IamConfig
+from agent.errors import AuthError, ValidationError
+from agent.secret import Secret
+from agent.sms.auth import (
     AkSkSigner,
     IamToken,
     StaticToken,
@@ -24,9 +27,6 @@ from agent.auth import (
     sign_request,
     verify_signature,
 )
-from agent.config import AuthConfig, IamConfig
-from agent.errors import AuthError, ValidationError
-from agent.secret import Secret
 
 AK = "AKEXAMPLE0123456789"
 SK = "SKEXAMPLEsecretkey0123456789abcdefghijkl"

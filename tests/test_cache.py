@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from agent.cache import HashCache
 from agent.config import parse_config
-from agent.helper import row_from_entries
-from agent.verify import run_verification
+from agent.verify.cache import HashCache
+from agent.verify.helper import row_from_entries
+from agent.verify.runner import run_verification
 
 from .conftest import write_tree
 

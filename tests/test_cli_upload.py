@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulator import Emulator
+from agent.sms.emulator import Emulator
 
 SMSAGENT = shutil.which("smsagent", path=os.path.dirname(sys.executable)) or "smsagent"
 TOKEN = "CLI-T0KEN-abcdef"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.emulator import Emulator
-from agent.outbox import Outbox
+from agent.sms.emulator import Emulator
+from agent.sms.outbox import Outbox
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -358,7 +358,7 @@ def test_running_out_of_inotify_watches_falls_back_to_the_interval(
         raise
     code, _ = agent.terminate()
     assert code == 0, agent.log()
-    assert agent.log().count("WARNING agent.watch") == 1, agent.log()
+    assert agent.log().count("WARNING agent.service.watch") == 1, agent.log()
     assert "max_user_watches is reached" in agent.log()
     assert "Traceback" not in agent.log()
 

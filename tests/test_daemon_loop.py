@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import ScheduleConfig, parse_config
-from agent.daemon import Daemon
 from agent.model import DirCounts, DirResult
-from agent.notify import Notifier
+from agent.service.daemon import Daemon
+from agent.service.notify import Notifier
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import delivery
-from agent.emulator import Emulator
 from agent.errors import AuthError, UploadError, ValidationError
 from agent.model import DirCounts, DirResult
-from agent.outbox import Outbox
+from agent.sms import delivery
+from agent.sms.emulator import Emulator
+from agent.sms.outbox import Outbox
 
 from .sms_helpers import TOKEN, entry, make_config, results
 
@@ -238,7 +238,7 @@ RUNNER = textwrap.dedent(
     """
     import logging, sys, time
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    from agent import delivery
+    from agent.sms import delivery
     from sms_helpers import make_config, results
     import json
     args = json.loads(sys.argv[1])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.emulator import Emulator
+from agent.sms.emulator import Emulator
 
 from .sms_helpers import entry
 
@@ -143,7 +143,17 @@ def test_refuses_non_loopback() -> None:
 
 def test_command_line_prints_url_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.emulator", "--port", "0", "--task-id", "T1", "--token", "X"],
+        [
+            sys.executable,
+            "-m",
+            "agent.sms.emulator",
+            "--port",
+            "0",
+            "--task-id",
+            "T1",
+            "--token",
+            "X",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

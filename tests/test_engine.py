@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import helper
 from agent.config import parse_config
-from agent.excludes import ExcludeRules
 from agent.model import DirResult, Verdict
-from agent.verify import run_verification
+from agent.verify import helper
+from agent.verify.excludes import ExcludeRules
+from agent.verify.runner import run_verification
 
 from .conftest import write_tree
 from .reference import expected_counts

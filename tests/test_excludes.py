@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.excludes import ExcludeRules
+from agent.verify.excludes import ExcludeRules
 
 CASES = [
     # patterns, base, path, is_dir, excluded

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent import helper
-from agent.channel import Channel, bootstrap_command, call, wait_for_replies
+from agent.verify import helper
+from agent.verify.channel import Channel, bootstrap_command, call, wait_for_replies
 
 
 def scan(folder: Path, cache: bytes = b"", **options: object) -> dict:

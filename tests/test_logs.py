@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.logs import setup_logging, stderr_is_journal
 from agent.secret import Secret
+from agent.service.logs import setup_logging, stderr_is_journal
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -28,7 +28,7 @@ def restore_root() -> Iterator[None]:
 def emit(fmt: str, environ: dict[str, str] | None = None, stream: io.StringIO | None = None) -> str:
     stream = stream or io.StringIO()
     setup_logging(fmt, stream=stream, environ=environ or {})
-    log = logging.getLogger("agent.daemon")
+    log = logging.getLogger("agent.service.daemon")
     log.info(
         "verified %s: %d files\nsecond line", "/srv", 12,
         extra={"ctx": {"directory": "/srv", "total": 12, "elapsed": 0.5}},
@@ -40,7 +40,7 @@ def emit(fmt: str, environ: dict[str, str] | None = None, stream: io.StringIO | 
 def test_text_is_one_line_per_event(restore_root: None) -> None:
     lines = emit("text").splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith("INFO agent.daemon: verified /srv: 12 files\\nsecond line")
+    assert lines[0].endswith("INFO agent.service.daemon: verified /srv: 12 files\\nsecond line")
     assert "s3cr3t" not in lines[1] and "****" in lines[1]
 
 

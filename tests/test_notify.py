@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier, socket_address, watchdog_interval
+from agent.service.notify import Notifier, socket_address, watchdog_interval
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 

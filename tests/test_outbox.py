@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StateError
-from agent.outbox import Outbox
+from agent.sms.outbox import Outbox
 
 from .sms_helpers import entry
 

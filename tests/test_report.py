@@ -7,7 +7,7 @@ import io
 import pytest
 
 from agent.model import Verdict
-from agent.report import ReportWriter, escape
+from agent.verify.report import ReportWriter, escape
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.config import ScheduleConfig
-from agent.scheduler import Scheduler, in_window, next_due, next_window_start
+from agent.service.scheduler import Scheduler, in_window, next_due, next_window_start
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 

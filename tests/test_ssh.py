@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.channel import explain_exit
 from agent.config import SshConfig, join_target
-from agent.targets import explain_ssh_failure, parse_target, ssh_command
+from agent.verify.channel import explain_exit
+from agent.verify.targets import explain_ssh_failure, parse_target, ssh_command
 
 from .conftest import smsagent_command, write_tree
 from .sshd import Sshd, free_port, keygen, sshd_server  # noqa: F401 - the `sshd` fixture
@@ -537,7 +537,7 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
 def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path) -> None:
     import xxhash
 
-    from agent import helper
+    from agent.verify import helper
 
     count = helper.PROGRAM_BATCH + 5  # more than one batch
     contents = {f"f{i:04}": os.urandom(i * 37) for i in range(count)}

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.emulator import Emulator
 from agent.errors import AuthError, ConfigError, UploadError, ValidationError
 from agent.model import ConsistencyEntry
-from agent.upload import (
+from agent.sms.client import (
     CONTENT_TYPE,
     Disposition,
     SmsClient,
@@ -29,6 +28,7 @@ from agent.upload import (
     parse_retry_after,
     validate_request,
 )
+from agent.sms.emulator import Emulator
 
 from .sms_helpers import TOKEN, entry, make_config
 
@@ -291,7 +291,7 @@ def test_plain_http_to_another_host_is_refused_by_config() -> None:
 
 
 def test_session_verifies_tls_and_uses_ca_bundle(tmp_path: Path) -> None:
-    from agent.upload import make_session
+    from agent.sms.client import make_session
 
     assert make_session().verify is True
     (tmp_path / "ca.pem").write_text("")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.watch import Debouncer, WatchedDir, Watcher, affected, excluded_path
+from agent.service.watch import Debouncer, WatchedDir, Watcher, affected, excluded_path
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -181,7 +181,7 @@ def test_a_watcher_whose_root_vanishes_reports_it_once(
 
 PROBE = """
 import logging, sys
-from agent.watch import WatchedDir, Watcher
+from agent.service.watch import WatchedDir, Watcher
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 open("/proc/sys/user/max_inotify_watches", "w").write("20")
 w = Watcher([WatchedDir(sys.argv[1])], debounce=0.1, on_change=print)

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..config import is_loopback
+from ..model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST, MAX_TASK_ID
+from ..secret import Secret
 from .auth import parse_authorization, verify_signature
-from .config import is_loopback
-from .model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST, MAX_TASK_ID
-from .secret import Secret
 
 _PATH = re.compile(r"^/v3/tasks/([^/]+)/consistency-result/?$")
 _COUNTS = (

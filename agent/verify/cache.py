@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import StateError
+from ..errors import StateError
 from .helper import ROW_ITEM
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
+from ..config import AgentConfig, DirectoryConfig
+from ..errors import AgentError, ConfigError, StateError, TargetError
+from ..model import DirCounts, DirResult
 from .cache import HashCache
 from .channel import Channel, Pool, default_workers
-from .config import AgentConfig, DirectoryConfig
 from .engine import Engine, ReportSink
-from .errors import AgentError, ConfigError, StateError, TargetError
 from .excludes import ExcludeRules
-from .model import DirCounts, DirResult
 from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target, spawn_local
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import TargetError
+from ..errors import TargetError
 from .helper import decode_payload, encode_frame
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import IO
 
-from .model import Verdict
+from ..model import Verdict
 
 _NAMED = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x5C: "\\\\"}
 

@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import AgentError, TargetError
+from ..model import DirCounts, DirResult, Verdict
 from .cache import HashCache
 from .channel import Channel, Pool, Reply, call, wait_for_replies
 from .compare import KIND, MTIME, NAME, SIZE, VALUE, Entry, judge_digests, merge
-from .errors import AgentError, TargetError
 from .excludes import ExcludeRules
 from .helper import row_entries, row_from_entries
-from .model import DirCounts, DirResult, Verdict
 from .report import escape
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .config import AuthConfig, IamConfig
-from .errors import AuthError, ValidationError
-from .model import MAX_TOKEN
-from .secret import Secret
+from ..config import AuthConfig, IamConfig
+from ..errors import AuthError, ValidationError
+from ..model import MAX_TOKEN
+from ..secret import Secret
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from urllib.parse import quote
 
 import requests
 
-from . import __version__
-from .auth import Credentials, credentials_for, iam_auth_body, parse_expires_at
-from .config import AgentConfig, IamConfig
-from .errors import AuthError, ConfigError, UploadError, ValidationError
-from .model import (
+from .. import __version__
+from ..config import AgentConfig, IamConfig
+from ..errors import AuthError, ConfigError, UploadError, ValidationError
+from ..model import (
     MAX_COUNT,
     MAX_DIR_CHECK,
     MAX_ENTRIES_PER_REQUEST,
     MAX_TASK_ID,
     ConsistencyEntry,
 )
-from .secret import Secret
+from ..secret import Secret
+from .auth import Credentials, credentials_for, iam_auth_body, parse_expires_at
 
 log = logging.getLogger(__name__)
 

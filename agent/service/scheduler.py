@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
-from .config import ScheduleConfig
+from ..config import ScheduleConfig
 
 DAY_MINUTES = 24 * 60
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
-from .config import AgentConfig
-from .errors import AuthError, ConfigError, UploadError, ValidationError
-from .model import MAX_ENTRIES_PER_REQUEST, DirResult
-from .outbox import Counts, LastResult, Outbox, Pending
-from .upload import (
+from ..config import AgentConfig
+from ..errors import AuthError, ConfigError, UploadError, ValidationError
+from ..model import MAX_ENTRIES_PER_REQUEST, DirResult
+from .client import (
     Disposition,
     RemoteResult,
     SmsClient,
@@ -24,6 +23,7 @@ from .upload import (
     open_client,
     validate_entry,
 )
+from .outbox import Counts, LastResult, Outbox, Pending
 
 if TYPE_CHECKING:
     import requests  # only for annotations: upload.py owns the library

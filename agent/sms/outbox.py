@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StateError
-from .model import ConsistencyEntry
+from ..errors import StateError
+from ..model import ConsistencyEntry
 
 DB_NAME = "agent.db"
 

@@ -24,14 +24,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import delivery
-from .config import AgentConfig, DirectoryConfig, load_config
-from .errors import AgentError
-from .model import DirResult
+from ..config import AgentConfig, DirectoryConfig, load_config
+from ..errors import AgentError
+from ..model import DirResult
+from ..sms import delivery
+from ..sms.outbox import Outbox
+from ..verify.runner import check_targets, exclude_rules, run_verification
 from .notify import Notifier, watchdog_interval
-from .outbox import Outbox
 from .scheduler import Scheduler
-from .verify import check_targets, exclude_rules, run_verification
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import Verdict
+from ..model import Verdict
 
 Entry = list[Any]
 NAME, KIND, SIZE, VALUE, MTIME = range(5)

@@ -7,8 +7,8 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from ..config import SshConfig
 from .channel import Channel, Pool, bootstrap_command, greet, local_command, spawn, start_pool
-from .config import SshConfig
 
 ALGORITHMS = ("xxh3-128", "blake2b")  # preferred first; blake2b when a host has no xxh3
 # A target that stops answering is given up after about a minute, not the TCP timeout.

@@ -1,0 +1,1 @@
+"""The verifier: helpers list and hash each side, the engine schedules them, compare counts."""
