@@ -29,7 +29,7 @@ LOCAL_CONFIG = Path("config/agent.yaml")
 SYSTEM_STATE_DIR = Path("/var/lib/smsagent")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DirectoryConfig:
     """One directory to verify, with its own target and excludes."""
 
@@ -38,7 +38,7 @@ class DirectoryConfig:
     exclude: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IamConfig:
     endpoint: str
     domain: str
@@ -47,7 +47,7 @@ class IamConfig:
     project: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AuthConfig:
     token: Secret | None = None  # inline in the YAML (discouraged)
     token_file: Path | None = None
@@ -58,7 +58,7 @@ class AuthConfig:
     project_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SshConfig:
     identity_file: Path | None = None
     port: int | None = None
@@ -67,7 +67,7 @@ class SshConfig:
     python: str = "python3"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ScheduleConfig:
     interval: float = 6 * 3600.0
     jitter: float = 300.0
@@ -76,13 +76,13 @@ class ScheduleConfig:
     debounce: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LimitsConfig:
     workers: int = 0  # 0: chosen from the CPU count
     read_mb_per_s: float = 0.0  # 0: unlimited
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class UploadConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
@@ -90,13 +90,13 @@ class UploadConfig:
     backoff_max: float = 600.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = True
     max_entries: int = 5_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AgentConfig:
     source: str = "<defaults>"  # the file it came from, for messages
     endpoint: str | None = None
@@ -298,7 +298,7 @@ class _Reader:
     def string(self, value: Any, key: str, *, allow_empty: bool = False) -> str | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.error(key, f"must be a string, not {_type_name(value)}")
             return None
         text = str(value)
@@ -318,7 +318,7 @@ class _Reader:
     def number(self, value: Any, key: str, default: float, *, minimum: float = 0) -> float:
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.error(key, f"must be a number, not {value!r}")
             return default
         if value < minimum:
@@ -365,7 +365,7 @@ def parse_duration(value: Any) -> float | None:
     """Seconds from `90`, `90s`, `15m`, `6h` or `7d`; None when it is not a duration."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return float(value) if value >= 0 else None
     if not isinstance(value, str):
         return None

@@ -23,7 +23,7 @@ class Verdict(enum.Enum):
     ERROR = "!"  # could not be verified; counted as different
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DirCounts:
     """The true counts for one verified directory, before any clamping to API limits."""
 
@@ -43,7 +43,7 @@ class DirCounts:
         return self.different == 0 and self.missing == 0 and self.more == 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConsistencyEntry:
     """One `ConsistencyResult` object as SMS receives it."""
 
@@ -57,7 +57,7 @@ class ConsistencyEntry:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DirResult:
     """The outcome of verifying one directory against its target."""
 

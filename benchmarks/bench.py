@@ -43,7 +43,7 @@ RSYNC_ENV = {"LC_ALL": "C"}
 # ---------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Answer:
     """Relative paths (bytes, as on disk) a tool reported, by kind of difference."""
 
@@ -52,7 +52,7 @@ class Answer:
     extra: frozenset[bytes] = frozenset()  # on the target only: more at the target
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Truth:
     """What the generator changed in the target, recorded when the tree was built."""
 
@@ -60,21 +60,21 @@ class Truth:
     answer: Answer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Tree:
     src: Path
     dst: Path
     truth: Truth
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Sample:
     wall: float  # seconds
     cpu: float  # user + sys seconds of the process and the children it waited for
     rss_mb: float  # ru_maxrss: the largest single process, not a sum
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Invocation:
     """One way to run a tool on a tree and read back its answer."""
 
@@ -88,7 +88,7 @@ class Invocation:
     before_each: Callable[[], None] | None = None  # before every run, warm-up and timed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CaseSpec:
     key: str
     title: str
@@ -97,7 +97,7 @@ class CaseSpec:
     ssh: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Target:
     case: str
     peer: str | None  # None: an absolute limit on the agent's peak RSS
@@ -109,7 +109,7 @@ class Target:
         return f"agent ≤ {self.limit:g}× {self.peer} (wall)"
 
 
-@dataclass(slots=True)
+@dataclass
 class CaseResult:
     spec: CaseSpec
     samples: dict[str, list[Sample]] = field(default_factory=dict)
@@ -151,6 +151,11 @@ TARGETS = [
 # ---------------------------------------------------------------------------- names
 
 
+def _random_bytes(rng: random.Random, size: int) -> bytes:
+    """What `rng.randbytes(size)` gives on Python 3.9 and later, so the trees stay the same."""
+    return rng.getrandbits(size * 8).to_bytes(size, "little")
+
+
 def decode_rsync_name(text: bytes) -> bytes:
     r"""Undo rsync's `\#ooo` escapes; a lone backslash not followed by `#ooo` is literal."""
     out = bytearray()
@@ -167,7 +172,7 @@ def decode_rsync_name(text: bytes) -> bytes:
 
 
 _QUOTE = "\u201b"  # rclone's quote: the next character is literal
-_PICTURES = {chr(0x2400 + c): chr(c) for c in range(0x20)} | {"\u2421": "\x7f"}
+_PICTURES = {**{chr(0x2400 + c): chr(c) for c in range(0x20)}, "\u2421": "\x7f"}
 
 
 def decode_rclone_name(text: bytes) -> bytes:
@@ -429,7 +434,7 @@ def gen_small(root: Path, scale: float, rng: random.Random) -> Truth:
     """Case 1: 100,000 × scale files of 100 B to 8 KB in ~1,400 × scale directories."""
     n_files = max(20, round(100_000 * scale))
     leaves = leaf_dirs(round(1_400 * scale))
-    pool = rng.randbytes(POOL_SIZE)
+    pool = _random_bytes(rng, POOL_SIZE)
     src = root / "src"
     make_dirs(src, leaves)
     files: list[tuple[str, int]] = []
@@ -446,7 +451,7 @@ def gen_small(root: Path, scale: float, rng: random.Random) -> Truth:
 def gen_big(root: Path, scale: float, rng: random.Random) -> Truth:
     """Case 2: 4 files of 1 GiB × scale; one differs in its last byte, same size and mtime."""
     size = big_file_size(scale)
-    pool = rng.randbytes(POOL_SIZE)
+    pool = _random_bytes(rng, POOL_SIZE)
     chunk = 1 << 22
     src = root / "src"
     src.mkdir(parents=True)
@@ -475,7 +480,7 @@ def gen_tiny(root: Path, scale: float, rng: random.Random) -> Truth:
     """Case 3: 1,000,000 × scale files, half empty, the rest 1 to 16 bytes, 1,000 to a directory."""
     n_files = max(20, round(1_000_000 * scale))
     leaves = [f"d{i:04d}" for i in range((n_files + 999) // 1000)]
-    pool = rng.randbytes(POOL_SIZE)
+    pool = _random_bytes(rng, POOL_SIZE)
     src = root / "src"
     make_dirs(src, leaves)
     files: list[tuple[str, int]] = []
@@ -581,7 +586,7 @@ def prepare_tree(
 # ---------------------------------------------------------------------------- tools
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Options:
     workdir: Path
     repeat: int
@@ -689,7 +694,8 @@ _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
 with open(result, "w") as f:
     cpu = usage.ru_utime + usage.ru_stime
-    f.write(f"{os.waitstatus_to_exitcode(status)} {wall} {cpu} {usage.ru_maxrss}")
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    f.write(f"{code} {wall} {cpu} {usage.ru_maxrss}")
 """
 
 

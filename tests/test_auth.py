@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ BODY = (
     b'{"consistency_result": [{"dir_check": "/var", "num_total_files": 3, '
     b'"num_different_files": 1, "num_target_miss_files": 0, "num_target_more_files": 2}]}'
 )
-NOON = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+NOON = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
 
 
 @pytest.mark.parametrize(
@@ -218,9 +218,12 @@ def test_iam_auth_body_scope() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("2026-11-24T12:00:00.000000Z", datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()),
-        ("2026-11-24T12:00:00Z", datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()),
-        ("2026-11-24T12:00:00", datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()),
+        (
+            "2026-11-24T12:00:00.000000Z",
+            datetime(2026, 11, 24, 12, tzinfo=timezone.utc).timestamp(),
+        ),
+        ("2026-11-24T12:00:00Z", datetime(2026, 11, 24, 12, tzinfo=timezone.utc).timestamp()),
+        ("2026-11-24T12:00:00", datetime(2026, 11, 24, 12, tzinfo=timezone.utc).timestamp()),
         ("tomorrow", None),
         (None, None),
     ],

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 import pytest
 
@@ -23,7 +23,7 @@ sys.modules["bench"] = bench  # dataclasses look their module up by name
 _spec.loader.exec_module(bench)
 
 # The script is loaded by path, so mypy cannot see its types here.
-Awkward = tuple[Path, Path, Any]
+Awkward = Tuple[Path, Path, Any]
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync not installed")
 needs_rclone = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone not installed")
@@ -149,7 +149,7 @@ def test_agent_counts_problem() -> None:
     }
     good = json.dumps({"consistency_result": [entry]}).encode()
     assert bench.agent_counts_problem(good, truth) is None
-    bad = json.dumps({"consistency_result": [entry | {"num_total_files": 4}]}).encode()
+    bad = json.dumps({"consistency_result": [{**entry, "num_total_files": 4}]}).encode()
     assert "num_total_files=4 (expected 5)" in str(bench.agent_counts_problem(bad, truth))
     assert "no consistency_result" in str(bench.agent_counts_problem(b"{}", truth))
 

@@ -283,7 +283,7 @@ def test_notify_socket_gets_ready_status_watchdog_and_stopping(
         try:
             while True:
                 messages.append(sock.recv(4096).decode())
-        except TimeoutError:
+        except socket.timeout:  # TimeoutError only from Python 3.10
             return messages
 
     try:

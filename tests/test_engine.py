@@ -112,7 +112,7 @@ def test_files_without_counterpart_directory_are_never_read(tmp_path: Path) -> N
 def test_non_utf8_newline_and_space_names(tmp_path: Path) -> None:
     names = [b"caf\xe9", b"new\nline", b"with space", b"\xff\xfe/inner", "日本".encode()]
     write_tree(tmp_path / "src", {n: n for n in names})
-    write_tree(tmp_path / "tgt", {n: n for n in names[:3]} | {b"caf\xe9": b"other!"[:5]})
+    write_tree(tmp_path / "tgt", {**{n: n for n in names[:3]}, b"caf\xe9": b"other!"[:5]})
     result, lines = verify(tmp_path / "src", tmp_path / "tgt", tmp_path / "state")
     marks = {rel: verdict for verdict, rel, _ in lines}
     assert marks[b"new\nline"] is Verdict.IDENTICAL

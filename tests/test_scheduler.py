@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import pytest
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
 def at(hhmm: str, day: int = 1) -> float:
     h, m = (int(x) for x in hhmm.split(":"))
-    return datetime(2026, 1, day, h, m, tzinfo=UTC).timestamp()
+    return datetime(2026, 1, day, h, m, tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def at(hhmm: str, day: int = 1) -> float:
     ],
 )
 def test_in_window(when: str, window: tuple[int, int] | None, inside: bool) -> None:
-    assert in_window(at(when), window, UTC) is inside
+    assert in_window(at(when), window, timezone.utc) is inside
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_in_window(when: str, window: tuple[int, int] | None, inside: bool) -> N
     ],
 )
 def test_next_window_start(when: str, window: tuple[int, int], opening: float) -> None:
-    assert next_window_start(at(when), window, UTC) == opening
+    assert next_window_start(at(when), window, timezone.utc) == opening
 
 
 @pytest.mark.parametrize(
@@ -75,9 +75,9 @@ def test_next_window_start(when: str, window: tuple[int, int], opening: float) -
 def test_next_due(
     schedule: ScheduleConfig, now: float, last_start: float | None, fraction: float, expected: float
 ) -> None:
-    assert next_due(schedule, now=now, last_start=last_start, jitter_fraction=fraction, tz=UTC) == (
-        expected
-    )
+    assert next_due(
+        schedule, now=now, last_start=last_start, jitter_fraction=fraction, tz=timezone.utc
+    ) == (expected)
 
 
 def test_a_running_directory_is_never_due_twice() -> None:
@@ -94,7 +94,7 @@ def test_a_running_directory_is_never_due_twice() -> None:
 
 def test_requests_bypass_the_window_and_unknown_paths_are_refused() -> None:
     schedule = ScheduleConfig(interval=3600, jitter=0, window=(60, 120))
-    sched = Scheduler(schedule, ["/a"], now=at("12:00"), rand=lambda: 0.0, tz=UTC)
+    sched = Scheduler(schedule, ["/a"], now=at("12:00"), rand=lambda: 0.0, tz=timezone.utc)
     assert sched.due(at("12:00")) == []
     assert sched.next_wakeup() == at("01:00", day=2)
     assert sched.request("/a") and not sched.request("/elsewhere")

@@ -8,7 +8,7 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -88,11 +88,11 @@ def test_backoff_delay(
 
 
 def test_parse_retry_after() -> None:
-    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC).timestamp()
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc).timestamp()
     assert parse_retry_after("120", now) == 120.0
-    later = format_datetime(datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC), usegmt=True)
+    later = format_datetime(datetime(2026, 11, 23, 12, 0, 30, tzinfo=timezone.utc), usegmt=True)
     assert parse_retry_after(later, now) == 30.0
-    earlier = format_datetime(datetime(2026, 11, 23, 11, 0, 0, tzinfo=UTC), usegmt=True)
+    earlier = format_datetime(datetime(2026, 11, 23, 11, 0, 0, tzinfo=timezone.utc), usegmt=True)
     assert parse_retry_after(earlier, now) == 0.0
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None

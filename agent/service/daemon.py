@@ -17,12 +17,12 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Callable, List
 
 from ..config import AgentConfig, DirectoryConfig, load_config
 from ..errors import AgentError
@@ -42,7 +42,7 @@ MAX_SLEEP = 60.0  # re-read the wall clock at least this often (it can jump)
 STOP_BUDGET = 7.0  # SIGTERM to exit within 10 s, even if a helper is slow to quit
 STOP_GRACE = 2.0  # then the helpers still hashing (our child processes) are terminated
 
-Verify = Callable[..., list[DirResult]]
+Verify = Callable[..., List[DirResult]]
 
 
 class _Waker:
@@ -67,7 +67,7 @@ class _Waker:
         os.close(self.w)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Finished:
     paths: tuple[str, ...]
     queued: int

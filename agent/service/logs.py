@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import IO, Any
+
+UTC = timezone.utc  # datetime.UTC is 3.11
 
 FORMATS = ("text", "json")
 

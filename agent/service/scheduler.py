@@ -78,7 +78,7 @@ def next_due(
     return next_window_start(due, window, tz) + spread
 
 
-@dataclass(slots=True)
+@dataclass
 class DirState:
     """What the daemon knows about one directory's verification."""
 

@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Callable
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -49,7 +50,7 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 Excluded = Callable[[bytes, bool], bool]  # (path relative to the directory, is_dir) -> excluded
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class WatchedDir:
     """One configured directory and the exclude rules the engine applies inside it."""
 

@@ -12,16 +12,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Tuple
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ..config import AuthConfig, IamConfig
 from ..errors import AuthError, ValidationError
 from ..model import MAX_TOKEN
 from ..secret import Secret
+
+UTC = timezone.utc  # datetime.UTC is 3.11
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ TOKEN_ENV = "SMSAGENT_TOKEN"
 IAM_CACHE_NAME = "iam-token.json"
 
 # login(iam, password) -> (token, expires_at as a Unix time)
-LoginFunc = Callable[[IamConfig, Secret], tuple[Secret, float]]
+LoginFunc = Callable[[IamConfig, Secret], Tuple[Secret, float]]
 
 
 class Credentials(Protocol):
@@ -358,6 +360,8 @@ def parse_expires_at(value: Any) -> float | None:
     """IAM's `token.expires_at` (ISO 8601, e.g. 2026-11-24T13:00:00.000000Z) as a Unix time."""
     if not isinstance(value, str):
         return None
+    if value.endswith("Z"):  # fromisoformat reads "Z" only from Python 3.11
+        value = value[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

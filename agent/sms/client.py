@@ -145,7 +145,7 @@ def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RemoteResult:
     """One item of GET consistency-result's `result_list`."""
 
@@ -184,7 +184,7 @@ def parse_result_list(data: Any) -> list[RemoteResult]:
         finished = item.get("finished_time")
         out.append(
             RemoteResult(
-                finished_time=int(finished) if isinstance(finished, int | float) else None,
+                finished_time=int(finished) if isinstance(finished, (int, float)) else None,
                 check_result=str(item["check_result"]) if "check_result" in item else None,
                 entries=tuple(entries),
             )

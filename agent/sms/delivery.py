@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EnqueueReport:
     queued: int
     not_uploaded: tuple[str, ...] = ()  # directories that could not be verified
     reason: str | None = None  # why nothing was queued at all
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FlushReport:
     delivered: int = 0  # entries acknowledged with a 2xx
     requests: int = 0  # POSTs sent
@@ -54,7 +54,7 @@ class FlushReport:
         return self.pending == 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StatusReport:
     last_results: tuple[LastResult, ...]
     counts: Counts
@@ -143,7 +143,7 @@ def flush(
         return _report(box, tally)
 
 
-@dataclass(slots=True)
+@dataclass
 class _Tally:
     delivered: int = 0
     requests: int = 0

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,6 +26,8 @@ from ..config import is_loopback
 from ..model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST, MAX_TASK_ID
 from ..secret import Secret
 from .auth import parse_authorization, verify_signature
+
+UTC = timezone.utc  # datetime.UTC is 3.11
 
 _PATH = re.compile(r"^/v3/tasks/([^/]+)/consistency-result/?$")
 _COUNTS = (

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Pending:
     task_id: str
     entry: ConsistencyEntry
@@ -68,7 +68,7 @@ class Pending:
     last_error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LastResult:
     dir_check: str
     task_id: str | None
@@ -79,7 +79,7 @@ class LastResult:
     delivered_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Counts:
     pending: int
     dead: int

@@ -10,16 +10,16 @@ still be read), "l" symlink (value: where it points), "d" directory, "s" socket/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, List
 
 from ..model import Verdict
 
-Entry = list[Any]
+Entry = List[Any]
 NAME, KIND, SIZE, VALUE, MTIME = range(5)
 COMPARED = ("f", "l")  # the kinds that are counted
 
 
-@dataclass(slots=True)
+@dataclass
 class Merged:
     """What one directory's two listings decide, and what they leave to do."""
 
@@ -55,12 +55,12 @@ def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None =
 
 
 def _same_names(src: list[Entry], tgt: list[Entry]) -> bool:
-    return all(s[NAME] == t[NAME] for s, t in zip(src, tgt, strict=True))
+    return all(s[NAME] == t[NAME] for s, t in zip(src, tgt))
 
 
 def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:
     """The common case of a migrated copy: the same names on both sides."""
-    for s, t in zip(src, tgt, strict=True):
+    for s, t in zip(src, tgt):
         if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE] and s[SIZE]:
             _same_size(out, s, t)
         else:

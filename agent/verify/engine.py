@@ -13,9 +13,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import AgentError, TargetError
 from ..model import DirCounts, DirResult, Verdict
@@ -46,7 +46,7 @@ class Interrupted(AgentError):
     """The run was asked to stop (SIGTERM, Ctrl-C)."""
 
 
-@dataclass(slots=True)
+@dataclass
 class _Tally:
     total: int = 0
     identical: int = 0
@@ -90,7 +90,7 @@ class _Tally:
         )
 
 
-@dataclass(slots=True)
+@dataclass
 class _Task:
     """One relative directory being compared."""
 
@@ -468,7 +468,7 @@ class _Run:
                 digests[i] = (None, str(message[2]))
             return
         found, errors, stats, nbytes = message[2], message[3], message[4], message[5]
-        for i, digest in zip(indexes, found, strict=True):
+        for i, digest in zip(indexes, found):
             digests[i] = (digest, None)
         for position, reason in errors.items():
             digests[indexes[int(position)]] = (None, reason)
@@ -482,7 +482,7 @@ class _Run:
         self, task: _Task, side: str, indexes: list[int], found: list[Any], stats: list[Any]
     ) -> None:
         more = task.cache_more.setdefault(side, {})
-        for digest, st in zip(found, stats, strict=True):
+        for digest, st in zip(found, stats):
             if digest is not None and st is not None and st[4]:  # not modified too recently
                 more[st[0]] = (st[1], st[2], st[3], digest)
 
@@ -507,9 +507,7 @@ class _Run:
     def _settle(self, task: _Task) -> None:
         prefix = task.rel + b"/" if task.rel else b""
         same: list[str] = []
-        for (s, _), (sd, se), (td, te) in zip(
-            task.pairs, task.src_digests, task.tgt_digests, strict=True
-        ):
+        for (s, _), (sd, se), (td, te) in zip(task.pairs, task.src_digests, task.tgt_digests):
             if se is None and te is None and sd == td:
                 same.append(s[NAME])
                 continue

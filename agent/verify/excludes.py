@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Rule:
     regex: re.Pattern[bytes]
     anchored: bool  # matched against the whole relative path, else against the name

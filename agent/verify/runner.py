@@ -8,10 +8,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from ..config import AgentConfig, DirectoryConfig
 from ..errors import AgentError, ConfigError, StateError, TargetError

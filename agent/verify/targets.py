@@ -16,7 +16,7 @@ KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT = 4
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TargetSpec:
     """A parsed target: `host` is None for a local path."""
 
@@ -75,7 +75,7 @@ def ssh_command(spec: TargetSpec, ssh: SshConfig) -> list[str]:
 
 
 def _with_detail(cause: str, needle: str, line: str, lines: list[str]) -> str:
-    detail = line.removeprefix("ssh: ").rstrip(".")
+    detail = (line[len("ssh: ") :] if line.startswith("ssh: ") else line).rstrip(".")
     if needle == "Host key verification failed":
         # The line before names the key type and the host:port that was looked up.
         detail = next((x.rstrip(".") for x in lines if "host key is known for" in x), "")
