@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -124,12 +123,11 @@ def verify(
 ) -> None:
     """Compare directories with the migrated target and report the four counts."""
     started = time.monotonic()
-    config = _load(config_path).with_overrides(
-        dirs=[_absolute(d) for d in dirs], target=target, exclude=exclude, state_dir=state_dir,
-        endpoint=endpoint, task_id=task_id,
-    )  # fmt: skip
-    if workers:
-        config = replace(config, limits=replace(config.limits, workers=workers))
+    config = _load(config_path).with_overrides({
+        "directories": [_absolute(d) for d in dirs], "target": target, "exclude": exclude,
+        "state_dir": state_dir, "endpoint": endpoint, "task_id": task_id,
+        "limits.workers": workers,
+    })  # fmt: skip
     report_file: IO[str] | None = None
     if report_path == "-":
         report_file = sys.stdout  # the table then goes to stderr
@@ -267,7 +265,7 @@ def cache_clear(config_path: str | None, state_dir: str | None) -> None:
     """Forget every cached digest, so the next run reads every file again."""
     from .verify.cache import HashCache
 
-    config = _load(config_path).with_overrides(state_dir=state_dir)
+    config = _load(config_path).with_overrides({"state_dir": state_dir})
     cache = HashCache(Path(config.state_dir), max_entries=config.cache.max_entries)
     try:
         dropped = cache.clear()
@@ -290,7 +288,7 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     """Deliver the queued results now, ignoring their backoff; exit 3 if some stay queued."""
     from .sms import delivery
 
-    config = _load(config_path).with_overrides(state_dir=state_dir)
+    config = _load(config_path).with_overrides({"state_dir": state_dir})
     deadline = time.time() + wait if wait else None
     report = delivery.flush(config, deadline=deadline, force=True)
     message = output.flush_message(report, config.task_id)
@@ -307,7 +305,7 @@ def status(config_path: str | None, state_dir: str | None, remote: bool, as_json
     """Show the last result per directory and what is pending or dead-lettered."""
     from .sms import delivery
 
-    config = _load(config_path).with_overrides(state_dir=state_dir)
+    config = _load(config_path).with_overrides({"state_dir": state_dir})
     local = delivery.status(config)
     if as_json:
         remote_results = delivery.remote_status(config) if remote else None

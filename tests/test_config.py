@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config, parse_config, parse_duration, parse_window
+from agent.config import describe, load_config, parse_config, parse_duration, parse_window, render
 from agent.errors import ConfigError
 
 ERRORS = [
@@ -65,8 +65,58 @@ def test_directories_are_normalised_and_targets_mapped() -> None:
 
 
 def test_insecure_http_only_when_allowed() -> None:
+    with pytest.raises(ConfigError, match="plain HTTP to another host"):
+        parse_config({"endpoint": "http://sms.example"})
     config = parse_config({"endpoint": "http://sms.example", "allow_insecure_http": True})
+    assert config.endpoint == "http://sms.example"
     assert any("allow_insecure_http" in w for w in config.warnings)
+    local = parse_config({"endpoint": "http://127.0.0.1:8080"})  # this machine: no warning
+    assert local.endpoint == "http://127.0.0.1:8080" and not local.warnings
+
+
+def test_describe_shows_every_key_with_secrets_masked() -> None:
+    config = parse_config({
+        "endpoint": "https://sms.example", "target": "/mnt/t", "directories": ["/var"],
+        "auth": {"token": "s3cret-value", "iam": {"endpoint": "https://iam", "domain": "d",
+                 "user": "u", "password_file": "/pw"}},
+        "schedule": {"window": "01:00-05:00"}, "tls": {"ca_bundle": "/ca.pem"},
+    })  # fmt: skip
+    shown = describe(config)
+    assert "s3cret-value" not in render(config)
+    assert shown["auth"]["token"] == "****"
+    assert shown["auth"]["iam"]["password_file"] == "/pw"
+    assert shown["directories"] == [{"path": "/var", "target": "/mnt/t/var", "exclude": []}]
+    assert shown["schedule"]["window"] == "01:00-05:00"
+    assert shown["tls"] == {"ca_bundle": "/ca.pem"}
+    # Every section and key of the YAML shows up, so `config check` hides nothing.
+    assert list(shown) == [
+        "source", "endpoint", "task_id", "allow_insecure_http", "state_dir", "target",
+        "one_file_system", "exclude", "directories", "auth", "tls", "ssh", "schedule",
+        "limits", "upload", "cache"]  # fmt: skip
+    assert set(shown["ssh"]) == {"identity_file", "port", "options", "connect_timeout", "python"}
+
+
+def test_overrides_are_validated_like_the_file() -> None:
+    config = parse_config({"directories": [{"path": "/var", "target": "/t"}], "exclude": ["a"]})
+    changed = config.with_overrides({
+        "directories": ["/srv"], "exclude": ("b",), "task_id": "t1", "limits.workers": 4,
+        "target": None, "endpoint": None,
+    })  # fmt: skip
+    assert [(d.path, d.target) for d in changed.directories] == [("/srv", None)]
+    assert changed.exclude == ("a", "b")  # --exclude adds to the configured patterns
+    assert changed.task_id == "t1" and changed.limits.workers == 4
+    assert config.with_overrides({"directories": [], "target": None}) == config
+    with pytest.raises(ConfigError) as caught:
+        config.with_overrides({"task_id": "x" * 37, "target": "nfs://h/p", "directories": ["rel"]})
+    text = str(caught.value)
+    assert text.startswith("command line: 3 problems")
+    assert "--task-id: must be 1 to 36 characters" in text
+    assert "--target: must be a local path" in text
+    assert "--dir[0]: must be an absolute path, not 'rel'" in text
+    with pytest.raises(
+        ConfigError, match="command line: endpoint: http://sms.example is plain HTTP"
+    ):
+        config.with_overrides({"endpoint": "http://sms.example"})
 
 
 def test_inline_token_in_a_world_readable_file_warns(tmp_path: Path) -> None:

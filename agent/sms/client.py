@@ -376,7 +376,7 @@ def open_client(config: AgentConfig, session: requests.Session | None = None) ->
     """The client for the configured endpoint, with credentials chosen from `auth`."""
     if not config.endpoint:
         raise ConfigError("endpoint is not set: nothing can be uploaded", source=config.source)
-    session = session or make_session(config.ca_bundle)
+    session = session or make_session(config.tls.ca_bundle)
     timeout = (config.upload.connect_timeout, config.upload.read_timeout)
 
     def login(iam: IamConfig, password: Secret) -> tuple[Secret, float]:
