@@ -66,7 +66,7 @@ class DirResult:
     counts: DirCounts
     elapsed: float
     hash_algorithm: str = "xxh3-128"
-    hash_via: str = ""  # how the target computed it: python-xxhash, xxh128sum or hashlib
+    hash_via: str = ""  # how the target computed it: python-xxhash, libxxhash, xxh128sum or hashlib
     error: str | None = None  # set when the directory could not be verified as a whole
     notes: tuple[str, ...] = field(default_factory=tuple)
 

@@ -61,7 +61,7 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
     lines += [f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}" for r in results if r.error]
     for machine, algorithm, via in hashing(results):
         fallback = (
-            " (fallback: neither the xxhash module nor xxh128sum is there)"
+            " (fallback: no xxh3 there: no xxhash module, libxxhash or xxh128sum)"
             if algorithm != ALGORITHMS[0]
             else ""
         )

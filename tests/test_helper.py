@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.verify import helper
 from agent.verify.channel import Channel, bootstrap_command, call, wait_for_replies
 
@@ -226,3 +228,57 @@ def test_scan_with_mostly_empty_files_still_reads_the_others(tmp_path: Path) -> 
     for name, data in contents.items():
         want = xxhash.xxh3_128_hexdigest(data) if data else ""
         assert entries[name][1:] == ["f", len(data), want], name
+
+
+needs_libxxhash = pytest.mark.skipif(
+    helper.LibXxhash.load() is None, reason="no libxxhash.so.0 (Debian package libxxhash0)"
+)
+
+
+@needs_libxxhash
+@pytest.mark.parametrize("size", [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 65_537, 300_000])
+def test_libxxhash_gives_the_canonical_digest_of_the_xxhash_module(size: int) -> None:
+    # Sizes on each side of XXH3's internal boundaries (16, 128 and 240 bytes, its stripes).
+    import xxhash
+
+    data = os.urandom(size)
+    library = helper.LibXxhash.load()
+    assert library is not None
+    assert library.digest_bytes(data) == xxhash.xxh3_128_hexdigest(data)
+    stream = library.stream()
+    stream.update(data[: size // 3])  # bytes, as after a file grew during its first read
+    stream.update(memoryview(bytearray(data[size // 3 :])))  # the read buffer
+    assert stream.hexdigest() == xxhash.xxh3_128_hexdigest(data)
+
+
+@needs_libxxhash
+def test_the_libxxhash_route_hashes_small_and_streamed_files(tmp_path: Path) -> None:
+    import xxhash
+
+    contents = {"small": os.urandom(5000), "big": os.urandom(3 * helper.CHUNK + 17)}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    worker = helper.Worker()
+    worker.hello({"algorithms": ["xxh3-128"]})
+    worker.hasher = helper.Hasher("xxh3-128", 0, "libxxhash")  # as on a host without the module
+    folder = os.fsencode(tmp_path).decode("latin-1")
+    summary, listing, _row = worker.scan_dir(folder, {"hash": True})
+    entries = {e[0]: e for e in json.loads(listing)}
+    assert entries["small"][3] == xxhash.xxh3_128_hexdigest(contents["small"])
+    assert entries["big"][3] is None and not summary["complete"]
+    digests, errors, _stats, total = worker.hash_files(
+        folder, ["big"], [len(contents["big"])], [entries["big"][4]], False
+    )
+    assert not errors and digests == [xxhash.xxh3_128_hexdigest(contents["big"])]
+    assert total == len(contents["big"])
+
+
+def test_routes_are_tried_in_order_of_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    present: set[str] = set()
+    monkeypatch.setattr(helper, "route_available", lambda via: via in present or via == "hashlib")
+    offered = ["xxh3-128", "blake2b"]
+    assert helper.negotiate(offered) == ("blake2b", "hashlib")
+    for via in reversed(helper.XXH3_ROUTES):
+        present.add(via)
+        assert helper.negotiate(offered) == ("xxh3-128", via)
+    assert helper.negotiate(["xxh3-128"]) == ("xxh3-128", "python-xxhash")

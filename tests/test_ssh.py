@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from agent.config import SshConfig, join_target
+from agent.verify import helper
 from agent.verify.channel import explain_exit
 from agent.verify.targets import explain_ssh_failure, parse_target, ssh_command
 
@@ -225,12 +226,20 @@ def counts(document: dict[str, Any], keys: tuple[str, ...] = COUNT_KEYS) -> list
     return [{k: d[k] for k in keys} for d in document["directories"]]
 
 
-def python_wrapper(folder: Path, name: str, *, path: str | None) -> str:
-    """A python3 for ssh.python that cannot import xxhash (-S: no site-packages), and that
-    sees only `path` as PATH when given (to hide xxh128sum)."""
+def python_wrapper(folder: Path, name: str, *, path: str | None, ctypes: bool = True) -> str:
+    """A python3 for ssh.python that cannot import xxhash (-S: no site-packages), that sees
+    only `path` as PATH when given (to hide xxh128sum), and without ctypes when `ctypes` is
+    False (as a Python built without libffi), which hides libxxhash from it."""
     script = folder / name
     env = f"PATH={path} " if path is not None else ""
-    script.write_text(f'#!/bin/sh\n{env}exec "{sys.executable}" -I -S "$@"\n')
+    flags = "-I -S"
+    if not ctypes:
+        shadow = folder / f"{name}-no-ctypes" / "ctypes"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ImportError('no ctypes on this host')\n")
+        env += f"PYTHONPATH={shadow.parent} "
+        flags = "-S"  # -I would ignore PYTHONPATH
+    script.write_text(f'#!/bin/sh\n{env}exec "{sys.executable}" {flags} "$@"\n')
     script.chmod(0o755)
     return str(script)
 
@@ -242,21 +251,28 @@ def scenario(tmp_path: Path) -> tuple[Path, Path]:
     return src, dst
 
 
-@pytest.mark.parametrize("via", ["python-xxhash", "xxh128sum", "hashlib"])
+@pytest.mark.parametrize("via", ["python-xxhash", "libxxhash", "xxh128sum", "hashlib"])
 def test_ssh_target_gives_the_same_counts_and_report_as_a_local_one(
     sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path, via: str
 ) -> None:
     src, dst = scenario
     if via == "python-xxhash":
         python = sys.executable  # the agent's own Python has xxhash
+    elif via == "libxxhash":
+        if helper.LibXxhash.load() is None:
+            pytest.skip("no libxxhash.so.0 (Debian package libxxhash0)")
+        empty = tmp_path / "empty-bin"
+        empty.mkdir()
+        # A bare target: the system python3, no xxhash module, no xxh128sum on PATH.
+        python = python_wrapper(tmp_path, "py-bare", path=str(empty))
     elif via == "xxh128sum":
         if shutil.which("xxh128sum") is None:
             pytest.skip("no xxh128sum program (Debian package xxhash)")
-        python = python_wrapper(tmp_path, "py-no-xxhash", path=None)
+        python = python_wrapper(tmp_path, "py-no-xxhash", path=None, ctypes=False)
     else:
         empty = tmp_path / "empty-bin"
         empty.mkdir()
-        python = python_wrapper(tmp_path, "py-bare", path=str(empty))
+        python = python_wrapper(tmp_path, "py-bare", path=str(empty), ctypes=False)
     algorithm = "blake2b" if via == "hashlib" else "xxh3-128"
 
     local_report, ssh_report = tmp_path / "local.report", tmp_path / "ssh.report"
@@ -324,7 +340,7 @@ def test_human_output_says_how_the_target_hashed(
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     config = tmp_path / "agent.yaml"
-    python = python_wrapper(tmp_path, "py-bare", path=str(empty))
+    python = python_wrapper(tmp_path, "py-bare", path=str(empty), ctypes=False)
     config.write_text(yaml.safe_dump({
         "directories": [{"path": str(src), "target": sshd.url(dst)}],
         "ssh": sshd.ssh_section(python=python),
@@ -338,7 +354,7 @@ def test_human_output_says_how_the_target_hashed(
     machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
     assert (
         f"hashing on {machine}: blake2b via hashlib "
-        "(fallback: neither the xxhash module nor xxh128sum is there)"
+        "(fallback: no xxh3 there: no xxhash module, libxxhash or xxh128sum)"
     ) in done.stdout.splitlines()
     assert "both sides hash with blake2b" in done.stderr  # the warning
 
@@ -537,8 +553,6 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
 def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path) -> None:
     import xxhash
 
-    from agent.verify import helper
-
     count = helper.PROGRAM_BATCH + 5  # more than one batch
     contents = {f"f{i:04}": os.urandom(i * 37) for i in range(count)}
     contents["new\nline \\ name"] = b"odd name"
@@ -549,8 +563,7 @@ def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path)
     os.unlink(tmp_path / names[7])
     os.mkfifo(tmp_path / names[7])  # replaced by a FIFO: must not block
     worker = helper.Worker()
-    worker.hasher = helper.Hasher("xxh3-128", 0)
-    worker.hasher.via = "xxh128sum"  # as on a host without the xxhash module
+    worker.hasher = helper.Hasher("xxh3-128", 0, "xxh128sum")  # as on a host with no other route
     digests, errors, stats, total = worker.hash_files(
         os.fsencode(tmp_path).decode("latin-1"),
         [n.encode().decode("latin-1") for n in names],

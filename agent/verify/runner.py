@@ -109,7 +109,7 @@ class _Pools:
         if spec.host is not None:
             if pool.algorithm != ALGORITHMS[0]:
                 log.warning(
-                    "%s: neither the xxhash module nor xxh128sum is there: both sides hash "
+                    "%s: no xxh3 there (no xxhash module, libxxhash or xxh128sum): both sides hash "
                     "with %s (%s) for this target",
                     spec.key, pool.algorithm, pool.via,
                 )  # fmt: skip
