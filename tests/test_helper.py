@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -100,7 +101,8 @@ def test_protocol_round_trip_with_binary_names(tmp_path: Path) -> None:
             replies = wait_for_replies([channel], 5.0)
         status, reply_id, summaries, listing, row, *missing = replies[0].message  # type: ignore[misc]
         assert (status, reply_id, summaries[0]["complete"]) == ("ok", ident, True)
-        assert summaries[1] == {"error": "No such file or directory"} and missing == [b"", b""]
+        assert summaries[1] == {"error": "No such file or directory", "gone": True}
+        assert missing == [b"", b""]
         assert isinstance(listing, bytes) and isinstance(row, bytes)  # the attachments
         entries = json.loads(listing)
         assert [e[0].encode("latin-1") for e in entries] == [name]
@@ -282,3 +284,62 @@ def test_routes_are_tried_in_order_of_speed(monkeypatch: pytest.MonkeyPatch) -> 
         present.add(via)
         assert helper.negotiate(offered) == ("xxh3-128", via)
     assert helper.negotiate(["xxh3-128"]) == ("xxh3-128", "python-xxhash")
+
+
+def _old_pythons() -> list[str]:
+    """The oldest interpreters the helper supports, where pyenv has them installed."""
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return []
+    found = sorted(Path(root, "versions").glob("3.[67].*/bin/python")) if root else []
+    return [str(p) for p in found]
+
+
+def ask(channel: Channel, op: str, *args: object) -> list:
+    """One request and its whole reply, without the request id."""
+    ident = channel.send(op, *[a for a in args if not isinstance(a, bytes)],
+                         attach=[a for a in args if isinstance(a, bytes)])  # fmt: skip
+    while True:
+        for reply in wait_for_replies([channel], 5.0):
+            assert reply.message is not None and reply.message[1] == ident
+            return [reply.message[0], *reply.message[2:]]
+
+
+@pytest.mark.parametrize("python", [sys.executable, *_old_pythons()])
+def test_a_path_longer_than_path_max_is_scanned_and_hashed(tmp_path: Path, python: str) -> None:
+    # Python 3.6 has no os.scandir(fd): the helper lists names there, then lstats them.
+    deep = b"/".join([b"n" * 30] * 150)  # 4,650 bytes below tmp_path
+    base = os.fsencode(tmp_path)
+    fd = os.open(base, os.O_RDONLY)
+    for part in deep.split(b"/"):
+        os.mkdir(part, dir_fd=fd)
+        fd, parent = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    for name, data in ((b"small", b"s"), (b"link", None), (b"big", b"B" * (300 << 10))):
+        if data is None:
+            os.symlink(b"small", name, dir_fd=fd)
+        else:
+            handle = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(handle, data)
+            os.close(handle)
+    os.close(fd)
+    folder = (base + b"/" + deep).decode("latin-1")
+    channel = Channel(bootstrap_command(python), "test")
+    try:
+        hello = call(channel, "hello", {"algorithms": ["blake2b"]}, timeout=30)
+        assert hello["algorithm"] == "blake2b"
+        assert call(channel, "stat", folder, timeout=30)[0] == "d"
+        status, summaries, listing, _row = ask(channel, "scan", [[folder, {"hash": True}]], b"")
+        assert status == "ok" and "error" not in summaries[0]
+        entries = {e[0]: e for e in json.loads(listing)}
+        assert entries["link"][1:4] == ["l", 0, "small"]
+        assert entries["small"][3] == hashlib.blake2b(b"s", digest_size=16).hexdigest()
+        big = entries["big"]
+        status, digests, errors, _stats, total = ask(
+            channel, "hash", folder, ["big"], [big[2]], [big[4]], False
+        )
+        assert status == "ok" and errors == {} and total == 300 << 10
+        assert digests == [hashlib.blake2b(b"B" * (300 << 10), digest_size=16).hexdigest()]
+    finally:
+        channel.close()

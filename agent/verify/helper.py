@@ -40,6 +40,11 @@ _HEADER = struct.Struct(">I")
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+# Bytes of path per open(): under PATH_MAX (4,096) with room for one more name; a longer
+# path is walked piece by piece relative to directory descriptors.
+_PATH_STEP = 3800
+_SCANDIR_FD = os.scandir in getattr(os, "supports_fd", ())
 
 
 def read_frame(stream):
@@ -407,7 +412,7 @@ class Worker:
     def stat_root(self, path):
         """What is at a tree's root: [kind, dev, error]."""
         try:
-            st = os.stat(from_wire(path))
+            st = _stat_long(from_wire(path))
         except OSError as exc:
             return ["missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "e",
                     0, os.strerror(exc.errno or 0)]  # fmt: skip
@@ -458,15 +463,15 @@ class Worker:
             append = entries.append
             complete = True
             files_read = bytes_read = hits = 0
-            lstat_at, fstat = os.stat, os.fstat
+            lstat_at, fstat, fsencode = os.stat, os.fstat, os.fsencode
             is_file = stat.S_ISREG
             open_at, read, close = os.open, os.read, os.close
             # O_NONBLOCK: a file replaced by a FIFO must not hang the read.
             open_flags = _OPEN_FLAGS | _NOATIME
             # The loop is written out in full: it runs once per file of the tree.
-            with os.scandir(folder) as it:
+            with _scandir(dir_fd) as it:
                 for entry in it:
-                    name = entry.name
+                    name = fsencode(entry.name)
                     fd = -1
                     st = None
                     if open_first and entry.is_file(follow_symlinks=False):
@@ -546,7 +551,7 @@ class Worker:
                             kind = "p"
                         append([name.decode("latin-1"), kind, 0, None])
                     elif stat.S_ISLNK(mode):
-                        kind, link = _read_link(folder, name)
+                        kind, link = _read_link(dir_fd, name)
                         complete = complete and kind == "l"
                         append([name.decode("latin-1"), kind, 0, link])
                     else:
@@ -588,7 +593,8 @@ class Worker:
                 summary, listing, new_row = self.scan_dir(path, options, row)
             except OSError as exc:
                 why = os.strerror(exc.errno) if exc.errno else str(exc)
-                summary, listing, new_row = {"error": why}, b"", b""
+                gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)  # vanished since listed
+                summary, listing, new_row = {"error": why, "gone": gone}, b"", b""
             summaries.append(summary)
             blobs.append(listing)
             blobs.append(new_row)
@@ -695,9 +701,9 @@ def _unstatable(name, exc):
     return [to_wire(name), "e", 0, os.strerror(exc.errno or 0)]
 
 
-def _read_link(folder, name):
+def _read_link(dir_fd, name):
     try:
-        return "l", to_wire(os.readlink(os.path.join(folder, name)))
+        return "l", to_wire(os.readlink(name, dir_fd=dir_fd))
     except OSError as exc:
         return "e", "cannot read link: " + os.strerror(exc.errno or 0)
 
@@ -711,7 +717,79 @@ def _open_error(exc):
 
 
 def _open_dir(folder):
-    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    """A descriptor of the directory at `folder`, however long its path: a path longer than
+    PATH_MAX is opened a piece at a time, each piece relative to the one before, so the
+    depth of a tree has no limit."""
+    pieces = _pieces(folder)
+    fd = os.open(pieces[0], _DIR_FLAGS)
+    try:
+        for piece in pieces[1:]:
+            parent, fd = fd, -1
+            try:
+                fd = os.open(piece, _DIR_FLAGS, dir_fd=parent)
+            finally:
+                os.close(parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _pieces(path):
+    """`path` cut at slashes into pieces shorter than _PATH_STEP (one piece when it is)."""
+    pieces = []
+    while len(path) >= _PATH_STEP:
+        cut = path.rfind(b"/", 1, _PATH_STEP)
+        if cut < 0:  # no name is this long (NAME_MAX is 255): let the kernel say so
+            break
+        pieces.append(path[:cut])
+        path = path[cut + 1 :]
+    pieces.append(path)
+    return pieces
+
+
+def _stat_long(path):
+    """os.stat (following symlinks) of a path of any length."""
+    if len(path) < _PATH_STEP:
+        return os.stat(path)
+    parent, _, name = path.rstrip(b"/").rpartition(b"/")
+    fd = _open_dir(parent or b"/")
+    try:
+        return os.stat(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _scandir(dir_fd):
+    """The entries of an open directory: os.scandir(fd) from Python 3.7, a plain list of
+    names on 3.6 (whose entries are then all lstat'ed)."""
+    if _SCANDIR_FD:
+        return os.scandir(dir_fd)
+    return _Names(os.listdir(dir_fd))
+
+
+class _Names(object):
+    """A directory's names shaped like os.scandir's entries, for Python 3.6."""
+
+    def __init__(self, names):
+        self.entries = [_Name(name) for name in names]
+
+    def __enter__(self):
+        return iter(self.entries)
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+class _Name(object):
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def is_file(self, follow_symlinks=True):
+        return False  # unknown here: the caller lstats every entry
 
 
 def _reopen(dir_fd, name):
