@@ -29,6 +29,8 @@ class Merged:
     # Same-size file pairs of which at least one side still has to be read.
     to_hash: list[tuple[Entry, Entry]] = field(default_factory=list)
     specials: int = 0  # sockets, FIFOs and devices on the source, never compared
+    # Source subdirectories whose target counterpart could not be examined, with why.
+    blind: dict[str, str] = field(default_factory=dict)
 
 
 def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None = None) -> Merged:
@@ -108,6 +110,8 @@ def _both(out: Merged, s: Entry, t: Entry) -> None:
             out.subdirs.append((s[NAME], True, True))
             return
         out.subdirs.append((s[NAME], True, False))
+        if tkind == "e":  # what is under it on the source cannot be called missing
+            out.blind[s[NAME]] = f"{t[VALUE]}"
         if tkind in COMPARED or tkind == "e":
             _target_only(out, t)  # no file at this path on the source
         return
@@ -119,9 +123,8 @@ def _both(out: Merged, s: Entry, t: Entry) -> None:
             _target_only(out, t)
         return
     if skind == "e":
+        # One entry for whatever is here: the target's side of it is not counted again.
         out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[VALUE]}"))
-        if tkind == "d":
-            out.subdirs.append((t[NAME], False, True))
         return
     # The source holds a file or symlink here.
     if tkind == "e":

@@ -98,6 +98,8 @@ class _Task:
     on_src: bool
     on_tgt: bool
     target_unreadable: str | None = None
+    source_unreadable: bool = False  # its error entry stands for everything under it
+    target_unlisted: bool = False  # the target's listing of this very directory failed
     # Each side's scan as the helper sent it; a side with no such directory has none.
     scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     waiting: int = 0
@@ -176,7 +178,8 @@ class Engine:
         tgt_kind, tgt_dev, tgt_why = self._stat_root(self.target, tgt_root)
         unreadable = tgt_why if tgt_kind == "e" else None
         run = _Run(self, dir_check, src_root, tgt_root, rules, tally, src_dev, tgt_dev)
-        run.stack.append(_Task(b"", True, tgt_kind == "d", unreadable))
+        root = _Task(b"", True, tgt_kind == "d", unreadable, target_unlisted=bool(unreadable))
+        run.stack.append(root)
         run.loop()
 
     def _stat_root(self, pool: Pool, root: bytes) -> tuple[str, int, str]:
@@ -344,12 +347,16 @@ class _Run:
         self, task: _Task, side: str, scan: dict[str, Any], listing: bytes, cache_row: bytes
     ) -> None:
         if "error" in scan:
-            reason = f"cannot list: {scan['error']}"
+            why = scan["error"]
+            reason = "vanished before it was listed" if scan.get("gone") else f"cannot list: {why}"
             if side == "src":
-                # What is inside cannot be counted; say so instead of calling it consistent.
+                # What is inside cannot be counted: one different entry, and nothing under it
+                # on the target is counted either (it would count the directory twice).
+                task.source_unreadable = True
                 self._verdict(Verdict.ERROR, task.rel, f"source: {reason}")
             else:
                 task.target_unreadable = reason
+                task.target_unlisted = True
             return
         scan["entries"] = listing
         tally = self.tally
@@ -381,6 +388,14 @@ class _Run:
         ]
 
     def _merge(self, task: _Task) -> None:
+        if task.source_unreadable:
+            task.scans = {}
+            self._settle(task)
+            return
+        if task.target_unlisted:
+            # It may hold anything: one entry more at the target, with the reason (and each
+            # source file under it is different, by merge's target_unreadable).
+            self._verdict(Verdict.MORE, task.rel, f"target: {task.target_unreadable}")
         src, tgt = task.scans.get("src"), task.scans.get("tgt")
         if (
             src is not None
@@ -407,8 +422,8 @@ class _Run:
         inherited = task.target_unreadable
         for name, on_src, on_tgt in merged.subdirs:
             child = _Task(prefix + name.encode("latin-1"), on_src, on_tgt)
-            if on_src and not on_tgt and inherited:
-                child.target_unreadable = inherited
+            if on_src and not on_tgt:
+                child.target_unreadable = inherited or merged.blind.get(name)
             self.stack.append(child)
         self.e.files_done += len(merged.identical) + len(merged.verdicts)
         if merged.to_hash:

@@ -51,7 +51,7 @@ class ReportWriter:
 
     def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
         line = f"{verdict.value} {join_display(dir_check, rel)}"
-        if verdict is Verdict.ERROR and reason:
+        if reason:
             line += f"\t{reason}"
         self.stream.write(line + "\n")
         self.lines += 1
