@@ -29,7 +29,17 @@ def human_bytes(n: int) -> str:
 def when(moment: float | None) -> str:
     if moment is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    except (OverflowError, ValueError, OSError):  # a time SMS sent that no calendar holds
+        return f"(not a valid time: {moment:g})"
+
+
+def when_ms(milliseconds: int) -> str:
+    try:
+        return when(milliseconds / 1000)
+    except OverflowError:  # too large even for a float
+        return f"(not a valid time: {milliseconds})"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> list[str]:
@@ -199,8 +209,9 @@ def remote_lines(task_id: str | None, remote: Sequence[Any]) -> list[str]:
         if item.raw is not None:
             lines.append(f"  {item.raw}")
             continue
-        finished = when(item.finished_time / 1000) if item.finished_time else "-"
+        finished = "-" if item.finished_time is None else when_ms(item.finished_time)
         lines.append(f"  finished {finished}, check_result {item.check_result or '-'}")
+        lines += [f"    not readable as documented: {problem}" for problem in item.problems]
         for e in item.entries:
             lines.append(
                 f"    {escape(e.dir_check)}: total {e.num_total_files:,}, different "
@@ -235,6 +246,7 @@ def status_document(local: StatusReport, remote: Sequence[Any] | None) -> dict[s
                 "check_result": item.check_result,
                 "consistency_result": [e.to_api() for e in item.entries],
                 "raw": item.raw,
+                "problems": list(item.problems),
             }
             for item in remote
         ]

@@ -155,3 +155,30 @@ def test_endpoint_task_and_token_from_the_command_line_and_environment(
     assert posted == json.loads(done.stdout)["consistency_result"]
     assert posted[0]["dir_check"] == str(src) and posted[0]["num_total_files"] == 1
     assert TOKEN not in done.stdout + done.stderr
+
+
+def test_status_remote_shows_odd_answers_as_clear_lines(emu: Emulator, tmp_path: Path) -> None:
+    config = write_config(tmp_path, emu.url)
+    good = {"dir_check": "/ok", "num_total_files": 2, "num_different_files": 0,
+            "num_target_miss_files": 0, "num_target_more_files": 0}  # fmt: skip
+    emu.record(
+        "T", {"finished_time": 1e22, "check_result": "success", "consistency_result": [good]}
+    )
+    emu.record(
+        "T", {"finished_time": 1, "consistency_result": [{**good, "num_total_files": "n/a"}]}
+    )
+    emu.record(
+        "T", {"finished_time": 2, "consistency_result": json.dumps([{**good, "dir_check": "/s"}])}
+    )
+    done = run("status", "--config", config, "--remote")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    out = done.stdout
+    assert "SMS task T: 3 result(s) on record" in out
+    assert "finished (not a valid time: 1e+19)" in out
+    assert "/ok: total 2," in out and "/s: total 2," in out
+    assert "not readable as documented: /ok: not whole numbers (num_total_files is 'n/a')" in out
+    as_json = json.loads(run("status", "--config", config, "--remote", "--json").stdout)
+    assert as_json["remote"][0]["finished_time"] == 10**22
+    assert as_json["remote"][2]["consistency_result"][0]["dir_check"] == "/s"
+    assert "n/a" in as_json["remote"][1]["problems"][0]

@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -139,6 +140,47 @@ def test_parse_result_list_accepts_objects_and_strings() -> None:
     assert parse_result_list({}) == []
 
 
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        (
+            {"consistency_result": [{**entry().to_api(), "num_total_files": "n/a"}]},
+            "num_total_files is 'n/a'",
+        ),
+        (
+            {"consistency_result": [{**entry().to_api(), "num_different_files": 1.5}]},
+            "num_different_files is 1.5",
+        ),
+        (
+            {"consistency_result": "not json"},
+            "consistency_result is a string, not a list: 'not json'",
+        ),
+        ({"consistency_result": {"dir_check": "/var"}}, "consistency_result is not a list"),
+        (
+            {"consistency_result": [{"num_total_files": 1}]},
+            "consistency_result[1] has no dir_check",
+        ),
+        ({"finished_time": "yesterday"}, "finished_time is not a whole number: 'yesterday'"),
+        ({"finished_time": float("inf")}, "finished_time is not a whole number"),
+    ],
+)
+def test_parse_result_list_shows_what_it_cannot_read(item: dict[str, object], problem: str) -> None:
+    good = entry("/ok", 2).to_api()
+    if isinstance(item.get("consistency_result"), list):
+        item["consistency_result"] = [good, *item["consistency_result"]]  # type: ignore[misc]
+    (parsed,) = parse_result_list({"result_list": [item]})
+    assert any(problem in p for p in parsed.problems), parsed.problems
+    if isinstance(item.get("consistency_result"), list):
+        assert parsed.entries == (entry("/ok", 2),)  # the good entry beside it is kept
+
+
+def test_parse_result_list_decodes_a_consistency_result_sent_as_a_json_string() -> None:
+    item = {"finished_time": 1e22, "consistency_result": json.dumps([entry("/var", 4).to_api()])}
+    (parsed,) = parse_result_list({"result_list": [json.dumps(item)]})
+    assert parsed.entries == (entry("/var", 4),) and parsed.problems == ()
+    assert parsed.finished_time == 10**22
+
+
 # --- against the emulator ---
 
 
@@ -268,6 +310,25 @@ def test_ak_sk_signed_requests(tmp_path: Path) -> None:
         with pytest.raises(AuthError, match="AK/SK .*check auth.ak"):
             client.post_results("T", [entry()])
         assert len(emu.requests) == 3  # a rejected signature is not retried at once
+
+
+@pytest.mark.parametrize(("offset", "side"), [(7200 + 125, "behind"), (-(3 * 86400), "ahead of")])
+def test_expired_signature_says_how_far_the_clock_is_off(
+    tmp_path: Path, offset: float, side: str
+) -> None:
+    sk = tmp_path / "sk"
+    sk.write_text("the-secret-key\n")
+    sms_clock = lambda: time.time() + offset  # noqa: E731
+    with Emulator(token=None, ak="AK1", sk="the-secret-key", clock=sms_clock) as emu:
+        auth = {"token": None, "ak": "AK1", "sk_file": str(sk)}
+        client = open_client(make_config(tmp_path, emu.url, auth=auth))
+        with pytest.raises(AuthError) as caught:
+            client.get_results("T")
+    message = str(caught.value)
+    assert "signature expired" in message and f" {side} SMS's (its Date: " in message
+    hours = "2 h 2 min" if offset > 0 else "3 d 0 h 0 min"
+    assert f"this host's clock is {hours}" in message, message
+    assert "the-secret-key" not in message
 
 
 def test_get_results_both_formats(tmp_path: Path) -> None:

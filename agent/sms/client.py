@@ -11,7 +11,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -31,18 +30,16 @@ from ..model import (
 )
 from ..secret import Secret
 from .auth import Credentials, credentials_for, iam_auth_body, parse_expires_at
+from .remote import COUNT_FIELDS, RemoteResult, parse_result_list
+
+# The API gateway refuses an AK/SK signature dated further than this from its own clock.
+GATEWAY_MAX_SKEW = 15 * 60
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 USER_AGENT = f"smsagent/{__version__}"
 MAX_RETRY_AFTER = 86400.0
-COUNT_FIELDS = (
-    "num_total_files",
-    "num_different_files",
-    "num_target_miss_files",
-    "num_target_more_files",
-)
 
 
 class Disposition(enum.Enum):
@@ -145,53 +142,6 @@ def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-@dataclass(frozen=True)
-class RemoteResult:
-    """One item of GET consistency-result's `result_list`."""
-
-    finished_time: int | None
-    check_result: str | None
-    entries: tuple[ConsistencyEntry, ...]
-    raw: str | None = None  # a string item that was not JSON: shown as is
-
-
-def parse_result_list(data: Any) -> list[RemoteResult]:
-    """`result_list` is documented both as objects and as strings: accept both."""
-    items = data.get("result_list") if isinstance(data, dict) else None
-    out = []
-    for item in items or []:
-        if isinstance(item, str):
-            try:
-                decoded = json.loads(item)
-            except ValueError:
-                out.append(RemoteResult(None, None, (), raw=item))
-                continue
-            if not isinstance(decoded, dict):
-                out.append(RemoteResult(None, None, (), raw=item))
-                continue
-            item = decoded
-        if not isinstance(item, dict):
-            continue
-        entries = []
-        for e in item.get("consistency_result") or []:
-            if isinstance(e, dict):
-                entries.append(
-                    ConsistencyEntry(
-                        dir_check=str(e.get("dir_check", "")),
-                        **{name: int(e.get(name) or 0) for name in COUNT_FIELDS},
-                    )
-                )
-        finished = item.get("finished_time")
-        out.append(
-            RemoteResult(
-                finished_time=int(finished) if isinstance(finished, (int, float)) else None,
-                check_result=str(item["check_result"]) if "check_result" in item else None,
-                entries=tuple(entries),
-            )
-        )
-    return out
-
-
 def _error_fields(response: requests.Response) -> dict[str, Any]:
     try:
         data = response.json()
@@ -224,8 +174,14 @@ class SmsClient:
         self._timeout = timeout
         self._clock = clock
 
+    def task_url(self, task_id: str, operation: str = "") -> str:
+        """`{endpoint}/v3/tasks/{task_id}` plus an operation such as `/consistency-result`."""
+        if not 1 <= len(task_id) <= MAX_TASK_ID:
+            raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters")
+        return f"{self.endpoint}/v3/tasks/{quote(task_id, safe='')}{operation}"
+
     def url(self, task_id: str) -> str:
-        return f"{self.endpoint}/v3/tasks/{quote(task_id, safe='')}/consistency-result"
+        return self.task_url(task_id, "/consistency-result")
 
     def post_results(self, task_id: str, entries: Sequence[ConsistencyEntry]) -> None:
         """Deliver one batch; returns on 2xx, raises UploadError (or AuthError) otherwise."""
@@ -236,15 +192,17 @@ class SmsClient:
         self._send("POST", self.url(task_id), body)
 
     def get_results(self, task_id: str) -> list[RemoteResult]:
-        if not 1 <= len(task_id) <= MAX_TASK_ID:
-            raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters")
-        response = self._send("GET", self.url(task_id), b"")
+        return parse_result_list(self.get_json(self.url(task_id)))
+
+    def get_json(self, url: str) -> Any:
+        """GET with the same authentication, TLS rules and error mapping as the upload."""
+        response = self._send("GET", url, b"")
         try:
-            return parse_result_list(response.json())
+            return response.json()
         except ValueError:
             raise UploadError(
-                f"GET {self.url(task_id)} answered {response.status_code} without JSON",
-                url=self.url(task_id),
+                f"GET {url} answered {response.status_code} without JSON",
+                url=url,
                 status=response.status_code,
             ) from None
 
@@ -306,6 +264,11 @@ class SmsClient:
             )
         if status == 401:
             creds = self._credentials
+            clock = _clock_hint(msg, response.headers.get("Date"), self._clock())
+            if clock:
+                return AuthError(
+                    f"SMS rejected {creds.describe()} (401 {detail}): {clock}", **kwargs
+                )
             return AuthError(
                 f"SMS rejected {creds.describe()} (401 {detail}): {creds.rejected_hint()}",
                 **kwargs,
@@ -319,6 +282,32 @@ class SmsClient:
                 **kwargs,
             )
         return UploadError(f"SMS answered {status} to {method} {url}: {detail}", **kwargs)
+
+
+def _clock_hint(error_msg: str | None, date: str | None, now: float) -> str | None:
+    """When a signature was refused as expired, say how far this host's clock is off."""
+    server = parse_retry_after(date, 0.0) if date else None  # an HTTP date, as seconds
+    skew = None if server is None else now - server
+    expired = "signature expired" in (error_msg or "").lower()
+    if not expired and (skew is None or abs(skew) <= GATEWAY_MAX_SKEW):
+        return None
+    if skew is None:
+        return "the request's X-Sdk-Date is too far from SMS's clock: check this host's clock (NTP)"
+    side = "ahead of" if skew > 0 else "behind"
+    return (
+        f"this host's clock is {_duration(abs(skew))} {side} SMS's (its Date: {date}); "
+        "the API gateway refuses signatures more than 15 minutes off: set the clock (NTP)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    parts = [f"{days} d"] if days else []
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts += [f"{n} {unit}" for n, unit in ((hours, "h"), (minutes, "min")) if n or parts]
+    return " ".join(parts + [f"{secs} s"])
 
 
 def _reason(exc: Exception) -> str:

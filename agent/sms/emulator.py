@@ -1,35 +1,38 @@
 """A small SMS and IAM emulator on loopback, with fault injection, for tests and trying the agent.
 
 It answers POST and GET /v3/tasks/{task_id}/consistency-result as documented (200 `{}`, 400, 403,
-404 bodies), POST /v3/auth/tokens as IAM does, and checks AK/SK signatures when given a pair.
+404 bodies), GET /v3/tasks/{task_id}/configuration-setting and GET /v3/tasks/{task_id} with the
+task's settings, POST /v3/auth/tokens as IAM does, and checks AK/SK signatures (and their
+X-Sdk-Date, as the API gateway does) when given a pair.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import re
 import secrets
-import signal
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs
 
 from ..config import is_loopback
-from ..model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST, MAX_TASK_ID
+from ..model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST
 from ..secret import Secret
-from .auth import parse_authorization, verify_signature
+from .auth import SDK_DATE_FORMAT, parse_authorization, verify_signature
+from .emulator_tasks import SettingsFileError, TaskBook, settings_document, task_document
 
 UTC = timezone.utc  # datetime.UTC is 3.11
 
-_PATH = re.compile(r"^/v3/tasks/([^/]+)/consistency-result/?$")
+_PATH = re.compile(r"^/v3/tasks/([^/]+)(/consistency-result|/configuration-setting)?/?$")
+# The API gateway refuses a signature whose X-Sdk-Date is further than this from its clock.
+MAX_CLOCK_SKEW = 15 * 60
 _COUNTS = (
     "num_total_files",
     "num_different_files",
@@ -69,6 +72,9 @@ class _State:
     iam_domain: str | None
     token_ttl: float
     result_format: str
+    book: TaskBook
+    clock: Callable[[], float]
+    max_skew: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     faults: list[_Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
@@ -94,7 +100,13 @@ class Emulator:
         iam_users: Mapping[str, str] | None = None,
         iam_domain: str | None = None,
         token_ttl: float = 86400.0,
-        result_format: str = "objects",
+        result_format: str = "strings",
+        settings: Mapping[str, str] | None = None,
+        settings_file: Path | None = None,
+        migration_ip: str | None = None,
+        target_ip: str | None = None,
+        max_skew: float = MAX_CLOCK_SKEW,
+        clock: Callable[[], float] = time.time,
         ssl_context: ssl.SSLContext | None = None,
     ):
         if not is_loopback(host):
@@ -108,6 +120,9 @@ class Emulator:
             iam_domain=iam_domain,
             token_ttl=token_ttl,
             result_format=result_format,
+            book=TaskBook(settings, migration_ip, target_ip, settings_file),
+            clock=clock,
+            max_skew=max_skew,
         )
         handler = type("Handler", (_Handler,), {"state": self._state})
         self._server = ThreadingHTTPServer((host, port), handler)
@@ -176,6 +191,21 @@ class Emulator:
             for token in self._state.iam_tokens:
                 self._state.iam_tokens[token] = 0.0
 
+    # --- the task's settings ---
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Set (None: remove) one configuration-setting of every task, as the console would."""
+        self._state.book.set_setting(key, value)
+
+    def set_addresses(self, migration_ip: str | None, target_ip: str | None = None) -> None:
+        """The task's migration_ip and target_server.ip."""
+        self._state.book.set_addresses(migration_ip, target_ip)
+
+    def record(self, task_id: str, item: Any) -> None:
+        """Add an item to the task's result_list as is, to try readers on odd answers."""
+        with self._state.lock:
+            self._state.history.setdefault(task_id, []).append(item)
+
     # --- what arrived ---
 
     @property
@@ -198,7 +228,9 @@ class Emulator:
         out: dict[str, dict[str, Any]] = {}
         with self._state.lock:
             for item in self._state.history.get(task_id, []):
-                for entry in item["consistency_result"]:
+                # record() may have added oddities: only well-formed items count here
+                entries = item.get("consistency_result") if isinstance(item, dict) else None
+                for entry in entries if isinstance(entries, list) else []:
                     out[entry["dir_check"]] = entry
         return out
 
@@ -227,8 +259,10 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and self.path.rstrip("/") == "/v3/auth/tokens":
             seen.status = self._iam_login(body)
             return
-        match = _PATH.match(self.path.split("?")[0])
-        if not match:
+        path, _, query = self.path.partition("?")
+        match = _PATH.match(path)
+        operation = match.group(2) if match else None
+        if not match or (method == "POST" and operation != "/consistency-result"):
             seen.status = self._json(404, {"error_code": "SMS.0404", "error_msg": "no such API"})
             return
         with st.lock:
@@ -258,9 +292,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if method == "GET":
-            seen.status = self._json(
-                200, {"task_id": task_id, "result_list": self._history(task_id)}
-            )
+            try:
+                document = self._get(task_id, operation, query)
+            except SettingsFileError as exc:  # edited into something unreadable while running
+                seen.status = self._json(500, {"error_code": "SMS.9999", "error_msg": str(exc)})
+                return
+            seen.status = self._json(200, document)
             return
         entries, problem = _validate(body)
         if problem is not None:
@@ -277,10 +314,19 @@ class _Handler(BaseHTTPRequestHandler):
             )
         seen.status = self._json(200, {})
 
+    def _get(self, task_id: str, operation: str | None, query: str) -> dict[str, Any]:
+        book = self.state.book
+        if operation == "/configuration-setting":
+            keys = parse_qs(query).get("config_key")
+            return settings_document(task_id, book.settings(), keys[0] if keys else None)
+        if operation is None:
+            return task_document(task_id, *book.addresses())
+        return {"task_id": task_id, "result_list": self._history(task_id)}
+
     def _history(self, task_id: str) -> list[Any]:
         with self.state.lock:
             items = list(self.state.history.get(task_id, []))
-        if self.state.result_format == "strings":
+        if self.state.result_format == "strings":  # the documented form: list[str]
             return [json.dumps(item) for item in items]
         return items
 
@@ -288,6 +334,9 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.state
         authorization = self.headers.get("Authorization")
         if authorization and st.ak and st.sk:
+            expired = self._expired_signature()
+            if expired is not None:
+                return expired
             fields = parse_authorization(authorization)
             url = f"http://{self.headers.get('Host', '')}{self.path}"
             ok = (
@@ -297,10 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             if ok:
                 return None
-            return 401, {
-                "error_code": "APIGW.0301",
-                "error_msg": "Incorrect IAM authentication information: verify aksk signature fail",
-            }
+            return _gateway_error("verify aksk signature fail")
         token = self.headers.get("X-Auth-Token")
         if token:
             with st.lock:
@@ -308,10 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
             if expires is not None:
                 if expires > time.time():
                     return None
-                return 401, {
-                    "error_code": "APIGW.0301",
-                    "error_msg": "Incorrect IAM authentication information: token expired",
-                }
+                return _gateway_error("token expired")
             if st.token is not None and secrets.compare_digest(token, st.token):
                 return None
         message = "Authentication failed: missing or invalid X-Auth-Token."
@@ -322,6 +365,23 @@ class _Handler(BaseHTTPRequestHandler):
             "error_param": ["X-Auth-Token"],
             "details": [{"error_code": "SMS.9004", "error_msg": message}],
         }
+
+    def _expired_signature(self) -> tuple[int, dict[str, Any]] | None:
+        """The gateway's answer when X-Sdk-Date is further than max_skew from its clock."""
+        stamp = self.headers.get("X-Sdk-Date", "")
+        try:
+            signed = datetime.strptime(stamp, SDK_DATE_FORMAT).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return None  # no usable date: the signature check fails instead
+        now = self.state.clock()
+        if abs(now - signed) <= self.state.max_skew:
+            return None
+        server = datetime.fromtimestamp(now, UTC).strftime(SDK_DATE_FORMAT)
+        return _gateway_error(f"signature expired, signature time:{stamp},server time:{server}")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header follows the emulator's clock, which tests may set apart from the host's.
+        return super().date_time_string(self.state.clock() if timestamp is None else timestamp)
 
     def _iam_login(self, body: bytes) -> int:
         st = self.state
@@ -349,6 +409,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, data: Any, headers: Mapping[str, str] | None = None) -> int:
         payload = json.dumps(data).encode("utf-8")
         self.send_response(status)
+        # The gateway tags every answer; the SDK reads request_id from this header.
+        request_id = data.get("request_id") if isinstance(data, dict) else None
+        self.send_header("X-Request-Id", request_id or secrets.token_hex(16))
         self.send_header("Content-Type", "application/json;charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))
         for name, value in (headers or {}).items():
@@ -356,6 +419,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
         return status
+
+
+def _gateway_error(reason: str) -> tuple[int, dict[str, Any]]:
+    """401 in the API gateway's documented shape (error_msg, error_code, request_id)."""
+    return 401, {
+        "error_msg": f"Incorrect IAM authentication information: {reason}",
+        "error_code": "APIGW.0301",
+        "request_id": secrets.token_hex(16),
+    }
 
 
 def _validate(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
@@ -383,63 +455,3 @@ def _validate(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
             if not 0 <= value <= MAX_COUNT:
                 return [], f"{where}.{name} is out of range 0 to {MAX_COUNT}"
     return entries, None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="smsagent-emulator", description="Run the SMS/IAM emulator on loopback."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--task-id", action="append", dest="task_ids", metavar="ID")
-    parser.add_argument("--token", help="the static token SMS accepts")
-    parser.add_argument("--ak", help="access key whose signatures are accepted (with --sk-file)")
-    parser.add_argument("--sk-file", help="file holding the secret key")
-    parser.add_argument("--iam-user", action="append", default=[], metavar="USER:PASSWORD_FILE")
-    parser.add_argument("--iam-domain")
-    parser.add_argument("--token-ttl", type=float, default=86400.0, metavar="SECONDS")
-    parser.add_argument("--result-format", choices=("objects", "strings"), default="objects")
-    args = parser.parse_args(argv)
-    for task in args.task_ids or []:
-        if not 1 <= len(task) <= MAX_TASK_ID:
-            parser.error(f"--task-id must be 1 to {MAX_TASK_ID} characters")
-    users = {}
-    for item in args.iam_user:
-        name, sep, path = item.partition(":")
-        if not sep:
-            parser.error("--iam-user takes USER:PASSWORD_FILE")
-        with open(path, encoding="utf-8") as fh:
-            users[name] = fh.read().strip()
-    sk = None
-    if args.sk_file:
-        with open(args.sk_file, encoding="utf-8") as fh:
-            sk = fh.read().strip()
-    try:
-        emulator = Emulator(
-            args.host,
-            args.port,
-            task_ids=args.task_ids or ["T"],
-            token=args.token,
-            ak=args.ak,
-            sk=sk,
-            iam_users=users,
-            iam_domain=args.iam_domain,
-            token_ttl=args.token_ttl,
-            result_format=args.result_format,
-        )
-    except (ValueError, OSError) as exc:
-        print(f"smsagent-emulator: {exc}", file=sys.stderr)
-        return 2
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    emulator.start()
-    tasks = ", ".join(args.task_ids or ["T"])
-    print(f"SMS emulator listening on {emulator.url} (tasks: {tasks})", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        done.wait()
-    emulator.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
