@@ -343,3 +343,13 @@ def test_a_path_longer_than_path_max_is_scanned_and_hashed(tmp_path: Path, pytho
         assert digests == [hashlib.blake2b(b"B" * (300 << 10), digest_size=16).hexdigest()]
     finally:
         channel.close()
+
+
+def test_a_libxxhash_older_than_0_8_is_refused() -> None:
+    # 0.7's XXH3 was experimental: its 128-bit digests differ from the module's.
+    class OldLibrary:
+        def XXH_versionNumber(self) -> int:  # noqa: N802 - the C library's name
+            return 703
+
+    with pytest.raises(OSError, match="older than 0.8.0"):
+        helper.LibXxhash(OldLibrary())
