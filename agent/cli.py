@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,9 @@ from .errors import AgentError
 from .model import MAX_COUNT, DirResult
 from .verify.report import ReportWriter
 from .verify.runner import run_verification
+
+if TYPE_CHECKING:
+    from .sms.delivery import FlushReport  # loaded only when uploading: requests is slow
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_UNDELIVERED = 0, 1, 2, 3
 log = logging.getLogger("agent")
@@ -162,7 +165,8 @@ def verify(
                 f"{MAX_COUNT:,} is sent, the true figure is in the local report",
                 err=True,
             )
-    upload_note = _upload(config, results, no_upload)
+    upload_note, flushed = _upload(config, results, no_upload)
+    _write_metrics(config, results, flushed)
     if as_json:
         document = output.verify_document(results, upload_note, time.monotonic() - started)
         click.echo(json.dumps(document, ensure_ascii=False))
@@ -176,11 +180,13 @@ def verify(
     sys.exit(_exit_code(results, undelivered=upload_note["pending"] > 0))
 
 
-def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) -> dict[str, Any]:
+def _upload(
+    config: AgentConfig, results: Sequence[DirResult], no_upload: bool
+) -> tuple[dict[str, Any], FlushReport | None]:
     """Queue the results in the outbox, then try once to deliver what is due."""
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
-        return {**note, "message": "Nothing uploaded (--no-upload)."}
+        return {**note, "message": "Nothing uploaded (--no-upload)."}, None
     from .sms import delivery  # imported here: requests is slow to load and --no-upload needs none
 
     if not config.endpoint or not config.task_id:
@@ -188,10 +194,10 @@ def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) 
         # Still remembered for `smsagent status`, where the state directory is usable.
         with contextlib.suppress(AgentError):
             delivery.enqueue(config, results)
-        return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}
+        return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}, None
     queued = delivery.enqueue(config, results)
     if queued.reason:
-        return {**note, "message": f"Nothing uploaded: {queued.reason}."}
+        return {**note, "message": f"Nothing uploaded: {queued.reason}."}, None
     report = delivery.flush(config)
     note.update(
         uploaded=report.delivered > 0,
@@ -200,7 +206,19 @@ def _upload(config: AgentConfig, results: Sequence[DirResult], no_upload: bool) 
         dead=report.dead,
         message=output.flush_message(report, config.task_id),
     )
-    return note
+    return note, report
+
+
+def _write_metrics(
+    config: AgentConfig, results: Sequence[DirResult] = (), flushed: FlushReport | None = None
+) -> None:
+    """Update `metrics.textfile`; a file that cannot be written is a warning, not a failure."""
+    from .service import metrics
+
+    try:
+        metrics.write(config, results, flushed)
+    except AgentError as exc:
+        click.echo(f"smsagent: warning: metrics not written: {exc}", err=True)
 
 
 def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
@@ -291,6 +309,7 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     config = _load(config_path).with_overrides({"state_dir": state_dir})
     deadline = time.time() + wait if wait else None
     report = delivery.flush(config, deadline=deadline, force=True)
+    _write_metrics(config, flushed=report)
     message = output.flush_message(report, config.task_id)
     click.echo(message, err=report.pending > 0)
     sys.exit(EXIT_UNDELIVERED if report.pending else EXIT_OK)

@@ -141,6 +141,11 @@ class CacheConfig:
     max_entries: int = v.key(5_000_000, v.integer(minimum=1000))
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = v.key(read=v.path)  # a node_exporter textfile-collector file
+
+
 def _directories(r: Reader, value: Any, key: str) -> tuple[DirectoryConfig, ...]:
     """A list of paths or of {path, target, exclude} mappings, each path listed once."""
     if isinstance(value, str):
@@ -188,6 +193,7 @@ class AgentConfig:
     limits: LimitsConfig = v.section(LimitsConfig)
     upload: UploadConfig = v.section(UploadConfig)
     cache: CacheConfig = v.section(CacheConfig)
+    metrics: MetricsConfig = v.section(MetricsConfig)
     warnings: tuple[str, ...] = ()  # not a key
 
     def target_for(self, directory: DirectoryConfig) -> str | None:

@@ -92,7 +92,7 @@ def test_describe_shows_every_key_with_secrets_masked() -> None:
     assert list(shown) == [
         "source", "endpoint", "task_id", "allow_insecure_http", "state_dir", "target",
         "one_file_system", "exclude", "directories", "auth", "tls", "ssh", "schedule",
-        "limits", "upload", "cache"]  # fmt: skip
+        "limits", "upload", "cache", "metrics"]  # fmt: skip
     assert set(shown["ssh"]) == {"identity_file", "port", "options", "connect_timeout", "python"}
 
 

@@ -3,21 +3,28 @@ real verifications of real trees and a real outbox."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
+import subprocess
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
-from agent.errors import StateError
+from agent.config import parse_config
+from agent.errors import ConfigError, StateError
 from agent.model import DirCounts, DirResult
 from agent.service.metrics import Delivery, MetricsWriter, dir_label
 from agent.sms import delivery
+from agent.sms.emulator import Emulator
 from agent.verify.runner import run_verification
 
-from .conftest import write_tree
+from .conftest import smsagent_command, write_tree
 from .sms_helpers import make_config
 
 
@@ -152,3 +159,111 @@ def test_an_unwritable_textfile_is_a_state_error_naming_it(tmp_path: Path) -> No
     writer = MetricsWriter(textfile, tmp_path / "state")
     with pytest.raises(StateError, match=r"metrics.textfile .*no-such-dir/smsagent.prom"):
         writer.update([DirResult("/a", "/t/a", DirCounts(total=1), 0.1)])
+
+
+def cli_config(tmp_path: Path, endpoint: str, token: str, textfile: Path) -> Path:
+    src, tgt = demo_pair(tmp_path)
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        json.dumps({
+            "endpoint": endpoint, "task_id": "T", "state_dir": str(tmp_path / "state"),
+            "auth": {"token_file": str(tmp_path / "token")},
+            "directories": [{"path": os.fsdecode(src), "target": os.fsdecode(tgt)}],
+            "upload": {"connect_timeout": 1, "read_timeout": 10, "backoff_max": "1s"},
+            "metrics": {"textfile": str(textfile)},
+        })
+    )  # fmt: skip
+    return config
+
+
+def test_verify_and_flush_write_the_file(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
+    textfile = tmp_path / "m.prom"
+    with Emulator(task_ids=["T"], token="RIGHT") as emu:
+        config = cli_config(tmp_path, emu.url, "WRONG", textfile)
+        before = time.time()
+        done = run_cli("verify", "--config", str(config), "--json")
+        assert done.returncode == 3, done.stderr  # the token is refused: queued
+        doc = json.loads(done.stdout)["directories"][0]
+        samples = parse(textfile)
+        d = doc["dir_check"]
+        assert (
+            value(samples, "smsagent_directory_source_files", dir=d) == doc["num_total_files"] == 4
+        )
+        assert value(samples, "smsagent_directory_different_files", dir=d) == 1
+        assert value(samples, "smsagent_directory_missing_files", dir=d) == 2
+        assert value(samples, "smsagent_directory_extra_files", dir=d) == 1
+        assert value(samples, "smsagent_directory_hashed_bytes_total", dir=d) == doc["bytes_hashed"]
+        assert value(samples, "smsagent_directory_last_success_duration_seconds", dir=d) == (
+            pytest.approx(doc["elapsed_seconds"], abs=0.001)
+        )
+        assert value(samples, "smsagent_outbox_pending_results") == 1
+        assert value(samples, "smsagent_last_delivery_success") == 0
+        assert value(samples, "smsagent_last_delivery_timestamp_seconds") >= before
+        assert value(samples, "smsagent_delivered_results_total") == 0
+
+        (tmp_path / "token").write_text("RIGHT\n")  # the operator fixes the token
+        done = run_cli("flush", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        samples = parse(textfile)
+        assert value(samples, "smsagent_outbox_pending_results") == 0
+        assert value(samples, "smsagent_last_delivery_success") == 1
+        assert value(samples, "smsagent_delivered_results_total") == 1
+        assert value(samples, "smsagent_directory_different_files", dir=d) == 1  # still known
+        assert len(emu.received) == 1
+
+
+def test_an_unwritable_textfile_warns_and_verify_goes_on(
+    tmp_path: Path, run_cli: Callable[..., Any]
+) -> None:
+    textfile = tmp_path / "missing-dir" / "m.prom"
+    config = cli_config(tmp_path, "http://127.0.0.1:9", "T", textfile)
+    done = run_cli("verify", "--config", str(config), "--no-upload")
+    assert done.returncode == 1  # the differences, not the metrics
+    assert f"smsagent: warning: metrics not written: metrics.textfile {textfile}: No such file" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_the_service_writes_the_file_at_start_and_after_each_cycle(tmp_path: Path) -> None:
+    textfile = tmp_path / "m.prom"
+    with Emulator(task_ids=["T"], token="RIGHT") as emu:
+        config = cli_config(tmp_path, emu.url, "RIGHT", textfile)
+        settings = json.loads(config.read_text())
+        settings["schedule"] = {"interval": "1h", "jitter": 0}
+        config.write_text(json.dumps(settings))
+        agent = subprocess.Popen(
+            [*smsagent_command(), "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            samples: dict = {}
+            while time.monotonic() < deadline:
+                if textfile.exists():
+                    samples = parse(textfile)
+                    if ("smsagent_delivered_results_total", ()) in samples:
+                        break
+                time.sleep(0.1)
+            d = settings["directories"][0]["path"]
+            assert value(samples, "smsagent_directory_missing_files", dir=d) == 2
+            assert value(samples, "smsagent_delivered_results_total") == 1
+            assert value(samples, "smsagent_last_delivery_success") == 1
+            assert value(samples, "smsagent_outbox_pending_results") == 0
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _, err = agent.communicate(timeout=15)
+        assert agent.returncode == 0, err.decode(errors="replace")
+        assert b"metrics not written" not in err
+
+
+def test_the_key_is_a_path_taken_from_the_config_folder() -> None:
+    config = parse_config({"metrics": {"textfile": "m.prom"}}, base="/etc/smsagent")
+    assert config.metrics.textfile == Path("/etc/smsagent/m.prom")
+    assert parse_config({}).metrics.textfile is None
+    with pytest.raises(ConfigError, match=r"metrics.textfile: must be a string"):
+        parse_config({"metrics": {"textfile": ["a"]}})
+    with pytest.raises(ConfigError, match=r"metrics.textfle.*did you mean"):
+        parse_config({"metrics": {"textfle": "m.prom"}})

@@ -30,6 +30,7 @@ from ..model import DirResult
 from ..sms import delivery
 from ..sms.outbox import Outbox
 from ..verify.runner import check_targets, exclude_rules, run_verification
+from . import metrics
 from .notify import Notifier, watchdog_interval
 from .scheduler import Scheduler
 
@@ -222,6 +223,7 @@ class Daemon:
         try:
             with Outbox(self.config.state_dir):  # READY promises the state is usable
                 pass
+            self._write_metrics()
             self._announce(self.config)
             deliverer.start()
             self._start_watcher(self.config)
@@ -366,6 +368,7 @@ class Daemon:
                 summary = summarize(results, elapsed)
                 report = delivery.enqueue(config, results)
                 queued = report.queued
+                self._write_metrics(results)
                 log.info(
                     "%s; %d queued for SMS%s", summary, queued,
                     f" ({report.reason})" if report.reason else "",
@@ -389,6 +392,7 @@ class Daemon:
             try:
                 report = delivery.flush(self.config, stop_event=self.stop)
                 self._pending = report.pending
+                self._write_metrics(flushed=report)
                 if report.next_try is not None:
                     wait = min(wait, report.next_try - self._clock())
             except AgentError as exc:
@@ -396,6 +400,16 @@ class Daemon:
             except Exception:
                 log.exception("delivery failed, results stay queued")
             self._flush_now.wait(max(0.2, wait))
+
+    def _write_metrics(
+        self, results: Sequence[DirResult] = (), flushed: delivery.FlushReport | None = None
+    ) -> None:
+        """Called from the job and delivery threads; the writer takes its own lock."""
+        config = self.config
+        try:
+            metrics.write(config, results, flushed, keep=[d.path for d in config.directories])
+        except AgentError as exc:
+            log.warning("metrics not written: %s", exc)
 
     # --- configuration and the watcher ---
 

@@ -20,13 +20,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
 from .. import __version__
+from ..config import AgentConfig
 from ..errors import StateError
 from ..model import DirResult
 from ..sms.outbox import Outbox
 from ..verify.report import escape
+
+if TYPE_CHECKING:
+    from ..sms.delivery import FlushReport  # the client behind it loads requests: slow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,10 @@ class Delivery:
     requests: int
     delivered: int
     ok: bool  # every request was acknowledged with a 2xx
+
+    @classmethod
+    def of(cls, report: FlushReport) -> Delivery:
+        return cls(report.requests, report.delivered, ok=not report.errors)
 
 
 @dataclass(frozen=True)
@@ -216,9 +224,11 @@ class MetricsWriter:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time: the service and a `smsagent verify` run may share the state."""
+        """One writer at a time: the service and a `smsagent verify` run may share the state.
+        The lock is on the directory itself: a lock file root created would be one the
+        service's user could not open for writing."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "metrics.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -249,3 +259,16 @@ def _replace(path: Path, text: str, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write(
+    config: AgentConfig,
+    results: Sequence[DirResult] = (),
+    flushed: FlushReport | None = None,
+    keep: Sequence[str] | None = None,
+) -> None:
+    """The hook for `run` and `verify`: update the file when `metrics.textfile` is set."""
+    if config.metrics.textfile is None:
+        return
+    writer = MetricsWriter(config.metrics.textfile, config.state_dir)
+    writer.update(results, Delivery.of(flushed) if flushed else None, keep)
