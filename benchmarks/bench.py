@@ -12,14 +12,17 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -72,6 +75,7 @@ class Sample:
     wall: float  # seconds
     cpu: float  # user + sys seconds of the process and the children it waited for
     rss_mb: float  # ru_maxrss: the largest single process, not a sum
+    rss_sum_mb: float = 0.0  # the largest sum over the tool's process tree (case 6), sampled
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,19 @@ class Invocation:
     check_extra: Callable[[Path, Truth], str | None] | None = None  # more checks on stdout
     before_warmup: Callable[[], None] | None = None
     before_each: Callable[[], None] | None = None  # before every run, warm-up and timed
+    sum_rss: bool = False  # also sample the RSS of all its processes together
 
 
 @dataclass(frozen=True)
 class CaseSpec:
     key: str
     title: str
-    tree: str  # "small", "big" or "tiny"
+    tree: str  # a key of GENERATORS
     warm_cache: bool = False
     ssh: bool = False
+    relay_ms: float = 0  # over SSH through a loopback relay that delays each chunk this long
+    rclone: bool = True  # rclone is run locally only, and not on case 6's million files
+    sum_rss: bool = False  # sample the RSS of all the tool's processes together
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,12 @@ class Target:
     case: str
     peer: str | None  # None: an absolute limit on the agent's peak RSS
     limit: float
+    summed: bool = False  # the limit is on all the agent's processes together
 
     def describe(self) -> str:
         if self.peer is None:
-            return f"agent peak RSS ≤ {self.limit:g} MB"
+            what = "all processes' RSS" if self.summed else "peak RSS"
+            return f"agent {what} ≤ {self.limit:g} MB"
         return f"agent ≤ {self.limit:g}× {self.peer} (wall)"
 
 
@@ -133,7 +143,12 @@ CASES = [
     CaseSpec("3", "empty or tiny files", "tiny"),
     CaseSpec("4a", "case 1 again, nothing changed (agent: warm hash cache)", "small", True),
     CaseSpec("4b", "case 2 again, nothing changed (agent: warm hash cache)", "big", True),
-    CaseSpec("5", "case 1 over SSH", "small", ssh=True),
+    CaseSpec("5", "case 1 over SSH, bare target", "small", ssh=True, rclone=False),
+    CaseSpec("5L", "2 large files over SSH, bare target", "pair", ssh=True, rclone=False),
+    CaseSpec(
+        "5R", "case 5 with 15 ms added each way", "small", ssh=True, relay_ms=15, rclone=False
+    ),
+    CaseSpec("6", "empty files in ONE directory, 10 missing", "onedir", rclone=False, sum_rss=True),
 ]
 
 TARGETS = [
@@ -142,9 +157,13 @@ TARGETS = [
     Target("2", "rsync", 1.1),
     Target("3", None, 150),
     Target("3", "rsync", 1.0),
-    Target("4a", "rsync", 0.6),
+    Target("4a", "rsync", 0.5),
     Target("4b", "rsync", 0.05),
     Target("5", "rsync", 1.0),
+    Target("5L", "rsync", 0.8),
+    Target("5R", "rsync", 0.8),
+    Target("6", "rsync", 1.0),
+    Target("6", None, 150, summed=True),
 ]
 
 
@@ -448,14 +467,14 @@ def gen_small(root: Path, scale: float, rng: random.Random) -> Truth:
     return Truth(n_files, apply_changes(root / "dst", files, leaves, per_kind(n_files, 12), rng))
 
 
-def gen_big(root: Path, scale: float, rng: random.Random) -> Truth:
+def gen_big(root: Path, scale: float, rng: random.Random, count: int = 4) -> Truth:
     """Case 2: 4 files of 1 GiB × scale; one differs in its last byte, same size and mtime."""
     size = big_file_size(scale)
     pool = _random_bytes(rng, POOL_SIZE)
     chunk = 1 << 22
     src = root / "src"
     src.mkdir(parents=True)
-    names = [f"big{i}.bin" for i in range(4)]
+    names = [f"big{i}.bin" for i in range(count)]
     for name in names:
         fd = os.open(src / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -494,6 +513,33 @@ def gen_tiny(root: Path, scale: float, rng: random.Random) -> Truth:
     return Truth(n_files, apply_changes(root / "dst", files, leaves, per_kind(n_files, 10), rng))
 
 
+def gen_pair(root: Path, scale: float, rng: random.Random) -> Truth:
+    """Case 5L: case 2 with 2 files of 1 GiB × scale, one differing in its last byte."""
+    return gen_big(root, scale, rng, count=2)
+
+
+def gen_onedir(root: Path, scale: float, rng: random.Random) -> Truth:
+    """Case 6: 1,000,000 × scale empty files in ONE directory; 10 of them missing at the target.
+
+    Both sides are written, not copied: `cp -a` of a million files takes longer, and an empty
+    file's mtime does not matter to a checksum."""
+    n_files = max(20, round(1_000_000 * scale))
+    names = [f"f{i:07d}" for i in range(n_files)]
+    gone = set(rng.sample(names, per_kind(n_files, 10)))
+    for side in ("src", "dst"):
+        folder = root / side / "one"
+        folder.mkdir(parents=True)
+        fd_dir = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in names:
+                if side == "dst" and name in gone:
+                    continue
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd_dir))
+        finally:
+            os.close(fd_dir)
+    return Truth(n_files, Answer(missing=frozenset(os.fsencode(f"one/{n}") for n in gone)))
+
+
 def big_file_size(scale: float) -> int:
     """1 GiB × scale, at least 1 MiB, a whole number of 4 KiB pages."""
     return max(1 << 20, int(GIB * scale) // 4096 * 4096)
@@ -503,6 +549,8 @@ GENERATORS: dict[str, Callable[[Path, float, random.Random], Truth]] = {
     "small": gen_small,
     "big": gen_big,
     "tiny": gen_tiny,
+    "pair": gen_pair,
+    "onedir": gen_onedir,
 }
 
 
@@ -511,9 +559,11 @@ def space_needed(kind: str, scale: float) -> tuple[int, int]:
     if kind == "small":
         n = max(20, round(100_000 * scale))
         return 2 * n * 8192, 2 * (n + round(1_400 * scale) + 100)
-    if kind == "big":
-        return 2 * 4 * big_file_size(scale), 10
+    if kind in ("big", "pair"):
+        return 2 * (4 if kind == "big" else 2) * big_file_size(scale), 10
     n = max(20, round(1_000_000 * scale))
+    if kind == "onedir":
+        return 2 * n * 64, 2 * n + 10
     return 2 * n * 4096 // 2 + 2 * n * 64, 2 * (n + n // 1000 + 100)
 
 
@@ -600,6 +650,7 @@ class Options:
     markdown: Path | None
     prewarm: bool = True
     ssh_python: str | None = None
+    ssh_port: int = 22  # where case 5R's relay forwards to
 
 
 def read_lines(path: Path) -> list[bytes]:
@@ -607,9 +658,9 @@ def read_lines(path: Path) -> list[bytes]:
         return f.read().splitlines()
 
 
-def rsync_invocation(tree: Tree, ssh_target: str | None) -> Invocation:
+def rsync_invocation(tree: Tree, ssh_target: str | None, port: int | None = None) -> Invocation:
     dst = f"{ssh_target}:{tree.dst}/" if ssh_target else f"{tree.dst}/"
-    remote = ["-e", "ssh -o BatchMode=yes"] if ssh_target else []
+    remote = ["-e", "ssh -o BatchMode=yes" + (f" -p {port}" if port else "")] if ssh_target else []
     argv = ["rsync", *RSYNC_FLAGS, *RSYNC_ITEMIZE, *remote, f"{tree.src}/", dst]
     return Invocation(
         "rsync", argv, frozenset({0}), lambda p: parse_rsync(read_lines(p)), env=RSYNC_ENV
@@ -622,9 +673,12 @@ def rclone_invocation(tree: Tree) -> Invocation:
     return Invocation("rclone", argv, frozenset({0, 1}), lambda p: parse_rclone(read_lines(p)))
 
 
-def write_agent_config(path: Path, tree: Tree, state: Path, opts: Options, ssh: bool) -> None:
+def write_agent_config(
+    path: Path, tree: Tree, state: Path, opts: Options, ssh: bool, port: int | None = None
+) -> None:
     """JSON is valid YAML, so the config needs no YAML library; mode 0600 as for a real one."""
-    target = f"ssh://{opts.ssh_target}{tree.dst}" if ssh else str(tree.dst)
+    host = f"{opts.ssh_target}:{port}" if port else opts.ssh_target
+    target = f"ssh://{host}{tree.dst}" if ssh else str(tree.dst)
     config: dict[str, object] = {
         "state_dir": str(state),
         "directories": [{"path": str(tree.src), "target": target}],
@@ -639,13 +693,15 @@ def write_agent_config(path: Path, tree: Tree, state: Path, opts: Options, ssh: 
         json.dump(config, f, indent=1)
 
 
-def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
+def agent_invocation(
+    spec: CaseSpec, tree: Tree, opts: Options, port: int | None = None
+) -> Invocation:
     runs = opts.workdir / "runs"
     state = opts.workdir / "state" / f"case{spec.key}"
     config = runs / f"case{spec.key}-agent.yaml"
     report = runs / f"case{spec.key}-agent.verify.report"
     state.mkdir(parents=True, exist_ok=True)
-    write_agent_config(config, tree, state, opts, spec.ssh)
+    write_agent_config(config, tree, state, opts, spec.ssh, port)
     argv = [opts.agent_cmd, "verify", "--config", str(config), "--no-upload", "--json"]
     argv += ["--report", str(report)]
 
@@ -667,13 +723,76 @@ def agent_invocation(spec: CaseSpec, tree: Tree, opts: Options) -> Invocation:
     )
 
 
-def invocations(spec: CaseSpec, tree: Tree, opts: Options) -> list[Invocation]:
-    """The tools of a case, agent first; rclone is not run over SSH (the spec compares rsync)."""
-    tools = [] if opts.only_peers else [agent_invocation(spec, tree, opts)]
-    tools.append(rsync_invocation(tree, opts.ssh_target if spec.ssh else None))
-    if not spec.ssh:
+def invocations(
+    spec: CaseSpec, tree: Tree, opts: Options, port: int | None = None
+) -> list[Invocation]:
+    """The tools of a case, agent first; rclone is not run over SSH (the spec compares rsync).
+    `port`: the SSH port to use instead of ssh's own choice (case 5R's relay)."""
+    tools = [] if opts.only_peers else [agent_invocation(spec, tree, opts, port)]
+    tools.append(rsync_invocation(tree, opts.ssh_target if spec.ssh else None, port))
+    if spec.rclone:
         tools.append(rclone_invocation(tree))
-    return tools
+    return [replace(t, sum_rss=spec.sum_rss) for t in tools]
+
+
+class Relay:
+    """A loopback TCP relay that holds every chunk `delay` seconds in each direction, so a
+    session through it sees a round trip of twice that (15 ms each way: about a data centre to
+    a cloud region). Chunks keep their order and are not slowed otherwise."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float):
+        self.upstream = upstream
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            for a, b in ((client, server), (server, client)):
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                held: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                threading.Thread(target=self._read, args=(a, held), daemon=True).start()
+                threading.Thread(target=self._write, args=(b, held), daemon=True).start()
+
+    def _read(self, sock: socket.socket, held: queue.Queue[tuple[float, bytes]]) -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            held.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    def _write(self, sock: socket.socket, held: queue.Queue[tuple[float, bytes]]) -> None:
+        while True:
+            due, data = held.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+            except OSError:
+                return
 
 
 # ---------------------------------------------------------------------------- running
@@ -684,34 +803,66 @@ def invocations(spec: CaseSpec, tree: Tree, opts: Options) -> list[Invocation]:
 # building a tree). The launcher's RSS is the floor instead; `rss_floor` measures it.
 LAUNCHER = """
 import os, sys, time
-result, argv = sys.argv[1], sys.argv[2:]
+result, every, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+def tree_rss(root):
+    # The RSS of root and all its descendants now, in KiB.
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/" + entry + "/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * PAGE // 1024
+    total, frontier = 0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += rss.get(pid, 0)
+        frontier += [child for child, up in parent.items() if up == pid]
+    return total
+
 start = time.perf_counter()
 try:
     pid = os.posix_spawnp(argv[0], argv, os.environ)
 except OSError as exc:
     sys.exit(f"cannot run {argv[0]!r}: {exc.strerror}")
-_, status, usage = os.wait4(pid, 0)
+peak_sum = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG if every else 0)
+    if done:
+        break
+    peak_sum = max(peak_sum, tree_rss(pid))
+    time.sleep(every)
 wall = time.perf_counter() - start
 with open(result, "w") as f:
     cpu = usage.ru_utime + usage.ru_stime
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-    f.write(f"{code} {wall} {cpu} {usage.ru_maxrss}")
+    f.write(f"{code} {wall} {cpu} {usage.ru_maxrss} {peak_sum}")
 """
+# How often the process tree's RSS is summed when asked (case 6): often enough to see a peak
+# that lasts seconds, rarely enough to cost the tool little (one /proc scan takes ~5 ms).
+SUM_RSS_EVERY = 0.1
 
 
 def measure(inv: Invocation, out: Path, err: Path) -> tuple[int, Sample]:
     """Run once; wall time around spawn and reap, CPU and peak RSS from wait4's rusage."""
     result = out.with_suffix(".rusage")
     result.unlink(missing_ok=True)
-    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(result), *inv.argv]
+    every = str(SUM_RSS_EVERY if inv.sum_rss else 0)
+    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(result), every, *inv.argv]
     env = {**os.environ, **inv.env}
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
     if not result.exists():
         tail = err.read_bytes()[-TAIL:].decode("utf-8", "replace").strip()
         raise BenchError(f"{inv.tool}: {tail}")
-    code, wall, cpu, rss_kib = result.read_text().split()
-    return int(code), Sample(float(wall), float(cpu), int(rss_kib) * 1024 / MB)
+    code, wall, cpu, rss_kib, sum_kib = result.read_text().split()
+    rss = int(rss_kib) * 1024 / MB
+    return int(code), Sample(float(wall), float(cpu), rss, int(sum_kib) * 1024 / MB)
 
 
 def rss_floor(workdir: Path) -> float:
@@ -777,38 +928,37 @@ def rotations(tools: Sequence[Invocation], repeat: int) -> list[list[Invocation]
 
 def run_case(spec: CaseSpec, opts: Options, log: Callable[[str], None]) -> CaseResult:
     result = CaseResult(spec)
+    relay = None
     try:
         if spec.ssh:
             check_ssh(opts.ssh_target)
         tree = prepare_tree(opts.workdir, spec.tree, opts.scale, opts.seed, log)
         result.size = describe_tree(spec.tree, tree.truth, opts.scale)
-        runs = opts.workdir / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        tools = invocations(spec, tree, opts)
-        label = f"case{spec.key}"
-        for inv in tools:
-            if inv.before_warmup:
-                inv.before_warmup()
-            if inv.before_each:
-                inv.before_each()
-            log(f"case {spec.key}: warm-up (untimed) {inv.tool}")
-            run_checked(inv, tree.truth, runs, label)
-        for inv in tools:  # the table lists the tools in this order, not in running order
-            result.samples.setdefault(inv.tool, [])
-        for r, order in enumerate(rotations(tools, opts.repeat), 1):
-            for inv in order:
-                if inv.before_each:
-                    inv.before_each()
-                if opts.prewarm:
-                    prewarm(tree)
-                sample = run_checked(inv, tree.truth, runs, label)
-                result.samples.setdefault(inv.tool, []).append(sample)
-                log(
-                    f"case {spec.key}: repeat {r}/{opts.repeat} {inv.tool}: "
-                    f"{sample.wall:.2f} s wall, {sample.cpu:.2f} s CPU, {sample.rss_mb:.0f} MB"
-                )
+        if spec.relay_ms:
+            host = opts.ssh_target.rpartition("@")[2]
+            relay = Relay((host, opts.ssh_port), spec.relay_ms / 1000)
+            check_ssh(opts.ssh_target, relay.port)
+            result.notes.append(
+                f"through a relay on 127.0.0.1:{relay.port} that holds every chunk "
+                f"{spec.relay_ms:g} ms each way, to {host}:{opts.ssh_port}"
+            )
+        tools = invocations(spec, tree, opts, relay.port if relay else None)
+        time_tools(spec, tree, tools, opts, result, log)
         if spec.ssh:
             result.notes.append("over SSH only the local processes' CPU and RSS are counted")
+            if not opts.only_peers:
+                result.notes.append(
+                    hashing_note(opts.workdir / "runs" / f"case{spec.key}-agent.out")
+                )
+        if spec.sum_rss:
+            sums = ", ".join(
+                f"{tool} {medians(samples).rss_sum_mb:.0f} MB"
+                for tool, samples in result.samples.items()
+            )
+            result.notes.append(
+                f"all of a tool's processes together, sampled every {SUM_RSS_EVERY:g} s "
+                f"(median of the peaks): {sums}"
+            )
     except SkipCase as exc:
         result.skipped = str(exc)
         log(f"case {spec.key}: skipped: {exc}")
@@ -816,7 +966,57 @@ def run_case(spec: CaseSpec, opts: Options, log: Callable[[str], None]) -> CaseR
         result.error = str(exc)
         result.samples.clear()  # no times are reported from a case with a wrong answer
         log(f"case {spec.key}: ABORTED: {exc}")
+    finally:
+        if relay is not None:
+            relay.close()
     return result
+
+
+def time_tools(
+    spec: CaseSpec,
+    tree: Tree,
+    tools: list[Invocation],
+    opts: Options,
+    result: CaseResult,
+    log: Callable[[str], None],
+) -> None:
+    """One untimed warm-up per tool, then the timed rounds; every answer is checked."""
+    runs = opts.workdir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    label = f"case{spec.key}"
+    for inv in tools:
+        if inv.before_warmup:
+            inv.before_warmup()
+        if inv.before_each:
+            inv.before_each()
+        log(f"case {spec.key}: warm-up (untimed) {inv.tool}")
+        run_checked(inv, tree.truth, runs, label)
+    for inv in tools:  # the table lists the tools in this order, not in running order
+        result.samples.setdefault(inv.tool, [])
+    for r, order in enumerate(rotations(tools, opts.repeat), 1):
+        for inv in order:
+            if inv.before_each:
+                inv.before_each()
+            if opts.prewarm:
+                prewarm(tree)
+            sample = run_checked(inv, tree.truth, runs, label)
+            result.samples.setdefault(inv.tool, []).append(sample)
+            summed = f", {sample.rss_sum_mb:.0f} MB in all" if inv.sum_rss else ""
+            log(
+                f"case {spec.key}: repeat {r}/{opts.repeat} {inv.tool}: "
+                f"{sample.wall:.2f} s wall, {sample.cpu:.2f} s CPU, {sample.rss_mb:.0f} MB" + summed
+            )
+
+
+def hashing_note(stdout: Path) -> str:
+    """How the target hashed, from the agent's last --json output: a bare target must say
+    libxxhash (or xxh128sum, hashlib), not python-xxhash."""
+    try:
+        hashing = json.loads(stdout.read_bytes())["hashing"]
+        how = "; ".join(f"{h['hash_algorithm']} via {h['hash_via']}" for h in hashing)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the agent's output does not say how the target hashed ({exc})"
+    return f"the target hashed with {how}"
 
 
 def describe_tree(kind: str, truth: Truth, scale: float) -> str:
@@ -825,8 +1025,9 @@ def describe_tree(kind: str, truth: Truth, scale: float) -> str:
     return f"{truth.total:,} files"
 
 
-def check_ssh(target: str) -> None:
-    probe = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", target, "true"]
+def check_ssh(target: str, port: int | None = None) -> None:
+    probe = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    probe += [*(["-p", str(port)] if port else []), target, "true"]
     try:
         done = subprocess.run(probe, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -844,6 +1045,7 @@ def medians(samples: Sequence[Sample]) -> Sample:
         statistics.median(s.wall for s in samples),
         statistics.median(s.cpu for s in samples),
         statistics.median(s.rss_mb for s in samples),
+        statistics.median(s.rss_sum_mb for s in samples),
     )
 
 
@@ -924,7 +1126,7 @@ def target_row(target: Target, results: dict[str, CaseResult]) -> str | None:
         return f"| {target.case} | {target.describe()} | | n/a (agent not run) |"
     agent = medians(result.samples["agent"])
     if target.peer is None:
-        value = agent.rss_mb
+        value = agent.rss_sum_mb if target.summed else agent.rss_mb
         measured = f"{value:.0f} MB"
     else:
         value = agent.wall / medians(result.samples[target.peer]).wall
@@ -986,7 +1188,8 @@ def parse_cases(text: str) -> tuple[str, ...]:
         part = part.strip()
         matching = [c.key for c in CASES if c.key == part or (part == "4" and c.key[0] == "4")]
         if not matching:
-            raise argparse.ArgumentTypeError(f"no case {part!r}; the cases are 1, 2, 3, 4, 5")
+            known = ", ".join(dict.fromkeys(c.key[0] if c.key[0] == "4" else c.key for c in CASES))
+            raise argparse.ArgumentTypeError(f"no case {part!r}; the cases are {known}")
         keys += [k for k in matching if k not in keys]
     return tuple(keys)
 
@@ -1002,7 +1205,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="where trees and runs are kept")
     p.add_argument("--repeat", type=int, default=4, help="timed runs per tool (default 4)")
-    p.add_argument("--cases", type=parse_cases, default=parse_cases("1,2,3,4,5"))
+    p.add_argument("--cases", type=parse_cases, default=parse_cases("1,2,3,4,5,5L,5R,6"))
     p.add_argument(
         "--scale",
         type=positive_float,
@@ -1015,8 +1218,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--only-peers", action="store_true", help="skip the agent; time rsync, rclone")
     p.add_argument("--no-prewarm", action="store_true",
                    help="do not read both trees before each timed run")  # fmt: skip
-    p.add_argument("--ssh-target", default="127.0.0.1", help="[user@]host for case 5")
-    p.add_argument("--ssh-python", help="the target's Python for the agent in case 5 (ssh.python)")
+    p.add_argument("--ssh-target", default="127.0.0.1", help="[user@]host for cases 5, 5L, 5R")
+    p.add_argument("--ssh-port", type=int, default=22, help="the sshd port case 5R's relay uses")
+    p.add_argument("--ssh-python", help="the target's Python for the agent in cases 5 (ssh.python)")
     p.add_argument("--markdown", type=Path, help="also write the results here as markdown")
     a = p.parse_args(argv)
     if a.repeat < 1:
@@ -1033,6 +1237,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         prewarm=not a.no_prewarm,
         ssh_target=a.ssh_target,
         ssh_python=a.ssh_python,
+        ssh_port=a.ssh_port,
         markdown=a.markdown,
     )
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Tuple
 
 import pytest
 
 from .conftest import smsagent_command
+from .sshd import Sshd, sshd_server  # noqa: F401 - the `sshd` fixture
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 _spec = importlib.util.spec_from_file_location("bench", BENCH_PATH)
@@ -166,8 +171,39 @@ def test_rotations_put_rclone_first_and_alternate_the_rest() -> None:
 
 def test_parse_cases() -> None:
     assert bench.parse_cases("1,4") == ("1", "4a", "4b")
-    with pytest.raises(Exception, match="no case '6'"):
-        bench.parse_cases("6")
+    assert bench.parse_cases("5,5L,5R,6") == ("5", "5L", "5R", "6")
+    with pytest.raises(Exception, match="no case '7'; the cases are 1, 2, 3, 4, 5, 5L, 5R, 6"):
+        bench.parse_cases("7")
+
+
+def test_the_relay_delays_each_way_and_keeps_every_byte() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    relay = bench.Relay(server.getsockname()[:2], 0.015)
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port)) as client:
+            payload = os.urandom(1 << 20)
+            started = time.monotonic()
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+            assert time.monotonic() - started >= 0.030  # 15 ms there and 15 ms back
+            sender = threading.Thread(target=client.sendall, args=(payload,))
+            sender.start()
+            got = b""
+            while len(got) < len(payload):
+                got += client.recv(1 << 16)
+            sender.join()
+            assert got == payload
+    finally:
+        relay.close()
+        server.close()
 
 
 # Names both peers print unambiguously. Not here: a name holding rclone's quote `‛`, which
@@ -279,7 +315,7 @@ def test_rclone_cannot_check_a_name_with_its_quote_character(tmp_path: Path) -> 
         bench.parse_rclone(_run(inv.argv))
 
 
-@pytest.mark.parametrize("kind", ["small", "big", "tiny"])
+@pytest.mark.parametrize("kind", ["small", "big", "tiny", "pair", "onedir"])
 def test_generated_trees_are_reproducible_and_plain_ascii(tmp_path: Path, kind: str) -> None:
     logs: list[str] = []
     one = bench.prepare_tree(tmp_path / "a", kind, 0.0005, 7, logs.append)
@@ -385,3 +421,56 @@ def test_a_wrong_agent_aborts_its_case(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "ABORTED" in done.stdout
     assert "agent found different differences" in done.stdout
+
+
+@needs_rsync
+def test_case_6_sums_the_rss_of_every_process(tmp_path: Path) -> None:
+    agent = tmp_path / "fake-agent"
+    agent.write_text(f"#!{sys.executable}\n{FAKE_AGENT}")
+    agent.chmod(0o755)
+    argv = [sys.executable, str(BENCH_PATH), "--workdir", str(tmp_path / "work"),
+            "--scale", "0.0001", "--repeat", "1", "--cases", "6", "--agent-cmd", str(agent)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| 6 | empty files in ONE directory, 10 missing | 100 files | agent |" in done.stdout
+    assert "| rclone |" not in done.stdout
+    # The launcher's own RSS is not in the sum; a Python stand-in takes some MB of its own.
+    sums = re.search(r"median of the peaks\): agent (\d+) MB, rsync (\d+) MB", done.stdout)
+    assert sums and int(sums[1]) > 5, done.stdout
+    assert re.search(r"\| 6 \| agent all processes' RSS ≤ 150 MB \| \d+ MB \| pass \|", done.stdout)
+
+
+@needs_rsync
+def test_ssh_cases_on_a_bare_target_and_through_the_relay(sshd: Sshd, tmp_path: Path) -> None:
+    # Every ssh the script and the agent run is the wrapper on PATH, which reaches the test's
+    # sshd; the host key is checked under an alias, so the relay's port passes too.
+    client = tmp_path / "ssh_config"
+    client.write_text(
+        f"Host 127.0.0.1\n  Port {sshd.port}\n  IdentityFile {sshd.identity}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {tmp_path / 'known_hosts'}\n"
+        "  GlobalKnownHostsFile /dev/null\n  HostKeyAlias benchhost\n"
+    )
+    key = sshd.known_hosts.read_text().split()[1:3]
+    (tmp_path / "known_hosts").write_text(f"benchhost {key[0]} {key[1]}\n")
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {client} "$@"\n')
+    wrapper.chmod(0o755)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bare = tmp_path / "bare-python"  # the agent's Python without site-packages or PATH
+    bare.write_text(f'#!/bin/sh\nPATH={empty} exec "{sys.executable}" -I -S "$@"\n')
+    bare.chmod(0o755)
+    argv = [sys.executable, str(BENCH_PATH), "--workdir", str(tmp_path / "work"),
+            "--scale", "0.0005", "--repeat", "1", "--cases", "5,5R",
+            "--agent-cmd", smsagent_command()[0], "--ssh-python", str(bare),
+            "--ssh-port", str(sshd.port)]  # fmt: skip
+    env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ABORTED" not in done.stdout and "skipped" not in done.stdout, done.stdout
+    for case in ("5", "5R"):
+        assert f"- Case {case}: the target hashed with xxh3-128 via libxxhash" in done.stdout
+    assert re.search(
+        r"- Case 5R: through a relay on 127.0.0.1:\d+ that holds every chunk 15 ms", done.stdout
+    )
