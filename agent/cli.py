@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from . import __version__, output
-from .config import AgentConfig, find_config, load_config, normalise_dir, render
+from .config import AgentConfig, find_config, load_config, normalise_dir, render, to_yaml
 from .errors import AgentError
 from .model import MAX_COUNT, DirResult
 from .verify.report import ReportWriter
@@ -131,6 +131,7 @@ def verify(
         "state_dir": state_dir, "endpoint": endpoint, "task_id": task_id,
         "limits.workers": workers,
     })  # fmt: skip
+    config = _with_task(config)
     report_file: IO[str] | None = None
     if report_path == "-":
         report_file = sys.stdout  # the table then goes to stderr
@@ -178,6 +179,18 @@ def verify(
         for note in result.notes[:10]:
             click.echo(f"smsagent: {result.dir_check}: {note}", err=True)
     sys.exit(_exit_code(results, undelivered=upload_note["pending"] > 0))
+
+
+def _with_task(config: AgentConfig) -> AgentConfig:
+    """The configuration with the task's settings applied, when it takes any from the task."""
+    if not config.reads_task:
+        return config
+    from .sms import task  # imported here: requests is slow to load
+
+    resolved, settings = task.resolve(config)
+    if settings is not None:
+        log.info("task %s: directories %s", settings.task_id, ", ".join(settings.directories))
+    return resolved
 
 
 def _upload(
@@ -269,6 +282,25 @@ def config_check(config_path: str | None) -> None:
     config = _load(config_path)
     click.echo(f"# {path if path else 'no config file found: built-in defaults'}: valid")
     click.echo(render(config))
+    if config.reads_task:
+        _show_task(config)
+
+
+def _show_task(config: AgentConfig) -> None:
+    """What the task supplies, from where and when; the last stored copy if SMS cannot say."""
+    from .sms import task
+
+    try:
+        _, settings = task.resolve(config)
+    except AgentError:
+        last = task.stored(config.state_dir, config.task_id)
+        if last is not None:
+            click.echo("# from the task, as last read (SMS cannot be read now)")
+            click.echo(to_yaml({"task": task.describe_settings(last)}))
+        raise
+    if settings is not None:
+        click.echo("# from the task")
+        click.echo(to_yaml({"task": task.describe_settings(settings)}))
 
 
 @main.group("cache")

@@ -36,6 +36,12 @@ from .secret import Secret
 SYSTEM_CONFIG = Path("/etc/smsagent/agent.yaml")
 LOCAL_CONFIG = Path("config/agent.yaml")
 SYSTEM_STATE_DIR = Path("/var/lib/smsagent")
+# `directories: from_task` (or an item of the list) takes the task's CONSISTENCY_DIR at each run.
+FROM_TASK = "from_task"
+# In an ssh:// target, the host taken from the task (migration_ip, else target_server.ip).
+TASK_HOST = "{task}"
+# The target when directories come from the task and no target is set: the task's own.
+TASK_TARGET = "ssh://root@{task}/"
 
 
 def default_state_dir() -> Path:
@@ -63,9 +69,10 @@ def _show_window(value: Any, config: AgentConfig) -> Any:
 
 
 def _show_directories(value: Any, config: AgentConfig) -> Any:
-    return [
+    own = [
         {"path": d.path, "target": config.target_for(d), "exclude": list(d.exclude)} for d in value
     ]
+    return [FROM_TASK, *own] if config.directories_from_task else own
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,9 @@ def _directories(r: Reader, value: Any, key: str) -> tuple[DirectoryConfig, ...]
     out = []
     for index, item in enumerate(value):
         item_key = f"{key}[{index}]"
+        if item == FROM_TASK:  # a marker, taken out by _take_from_task
+            out.append(DirectoryConfig(FROM_TASK))
+            continue
         if isinstance(item, Mapping):
             directory = v.read_section(r, DirectoryConfig, item, item_key)
         else:
@@ -186,6 +196,9 @@ class AgentConfig:
     directories: tuple[DirectoryConfig, ...] = v.key(
         (), _directories, show=_show_directories, cli="--dir"
     )
+    # Set by `directories: from_task`; not a key of its own.
+    directories_from_task: bool = False
+    exclude_from_task: bool | None = v.key(read=v.boolean)  # None: as directories_from_task
     auth: AuthConfig = v.section(AuthConfig)
     tls: TlsConfig = v.section(TlsConfig)
     ssh: SshConfig = v.section(SshConfig)
@@ -204,6 +217,29 @@ class AgentConfig:
             return None
         return join_target(self.target, directory.path)
 
+    @property
+    def excludes_from_task(self) -> bool:
+        if self.exclude_from_task is None:
+            return self.directories_from_task
+        return self.exclude_from_task
+
+    @property
+    def target_root(self) -> str | None:
+        """The global target, TASK_TARGET when the task gives directories and none is set."""
+        if self.target is None and self.directories_from_task:
+            return TASK_TARGET
+        return self.target
+
+    @property
+    def target_from_task(self) -> bool:
+        targets = [self.target_root, *(d.target for d in self.directories)]
+        return any(t is not None and TASK_HOST in t for t in targets)
+
+    @property
+    def reads_task(self) -> bool:
+        """Whether a run must first read the task's settings from SMS."""
+        return self.directories_from_task or self.excludes_from_task or self.target_from_task
+
     def with_overrides(self, options: Mapping[str, Any]) -> AgentConfig:
         """Apply command-line options, given by dotted key (`limits.workers`); None or an
         empty list means not given. They are validated like the file's keys."""
@@ -212,15 +248,30 @@ class AgentConfig:
         for dotted, value in options.items():
             if value is None or (isinstance(value, (list, tuple)) and not value):
                 continue
-            updated = v.override(r, updated, dotted, value)
+            if dotted == "directories":  # --dir replaces the list, the task's included
+                updated = replace(updated, directories_from_task=False)
+            updated = _take_from_task(v.override(r, updated, dotted, value))
         r.raise_if_errors()
         _check(r, updated)
         r.raise_if_errors()
         return updated
 
 
+def _take_from_task(config: AgentConfig) -> AgentConfig:
+    """The `from_task` marker out of the list, into directories_from_task."""
+    own = tuple(d for d in config.directories if d.path != FROM_TASK)
+    if len(own) == len(config.directories):
+        return config
+    return replace(config, directories=own, directories_from_task=True)
+
+
 def _check(r: Reader, config: AgentConfig) -> None:
     """The rules that span keys."""
+    for dotted, where in [("target", config.target)] + [
+        (f"directories ({d.path})", d.target) for d in config.directories
+    ]:
+        if where and TASK_HOST in where and not where.startswith("ssh://"):
+            r.error(dotted, f"{TASK_HOST} stands for the task's host in an ssh:// URL only")
     auth = config.auth
     if (auth.ak is None) != (auth.sk_file is None):
         r.error("auth.ak" if auth.ak is None else "auth.sk_file",
@@ -258,7 +309,7 @@ def parse_config(
     """Validate a parsed YAML mapping; raises one ConfigError listing every problem.
     `base` is the folder relative paths are taken from (the config file's)."""
     r = Reader(source, base)
-    config = replace(v.read_section(r, AgentConfig, data, ""), source=source)
+    config = _take_from_task(replace(v.read_section(r, AgentConfig, data, ""), source=source))
     _check(r, config)
     r.raise_if_errors()
     warnings = []
@@ -332,4 +383,8 @@ def describe(config: AgentConfig) -> dict[str, Any]:
 
 def render(config: AgentConfig) -> str:
     """The effective configuration as YAML, secrets masked."""
-    return yaml.safe_dump(describe(config), sort_keys=False, allow_unicode=True).rstrip()
+    return to_yaml(describe(config))
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()

@@ -68,3 +68,9 @@ class AuthError(UploadError):
     """No usable credentials, or SMS/IAM refused them; results stay in the outbox."""
 
     kind = "Auth error"
+
+
+class TaskSettingsError(AgentError):
+    """The migration task's settings (directories, excludes, mode, target) are unreadable."""
+
+    kind = "Task settings error"

@@ -33,6 +33,7 @@ from ..verify.runner import check_targets, exclude_rules, run_verification
 from . import metrics
 from .notify import Notifier, watchdog_interval
 from .scheduler import Scheduler
+from .taskfollow import TaskFollower
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class _Waker:
 class _Finished:
     paths: tuple[str, ...]
     queued: int
-    summary: str
+    summary: str | None  # None: nothing was verified (only the task's settings were read)
+    config: AgentConfig | None = None  # with the task's settings as just read
 
 
 def config_signature(path: Path | None) -> tuple[int, ...] | None:
@@ -113,7 +115,8 @@ def terminate_children() -> None:
 
 def validate_for_daemon(config: AgentConfig) -> AgentConfig:
     """What `run` needs beyond a parseable file: directories, each with a target."""
-    check_targets(config, config.directories)
+    if not (config.directories_from_task or config.target_from_task):
+        check_targets(config, config.directories)  # else they come with the task, each cycle
     return config
 
 
@@ -161,6 +164,11 @@ class Daemon:
     ):
         environ = os.environ if environ is None else environ
         self.config = validate_for_daemon(config)
+        # With directories, excludes or target from the task, self.config has them applied.
+        self._task: TaskFollower | None = None
+        if config.reads_task:
+            self._task = TaskFollower(self.config, monotonic=monotonic)
+            self.config = self._task.current()
         self.config_path = config_path
         self._verify = verify
         self._load = load
@@ -301,6 +309,8 @@ class Daemon:
             wake = self.scheduler.next_wakeup()
             if wake is not None:
                 candidates.append(wake - self._clock())
+            if self._task is not None:
+                candidates.append(self._task.next_look() - mono)
         return max(0.0, min(candidates))
 
     def _collect(self) -> None:
@@ -314,6 +324,10 @@ class Daemon:
                 self._job.join()
                 self._job = None
             self.scheduler.finish(finished.paths, self._clock())
+            if finished.config is not None and finished.config != self.config:
+                self._adopt(self.config, finished.config)
+            if finished.summary is None:
+                return
             when = datetime.fromtimestamp(self._clock())
             self._last_summary = f"last run {when:%H:%M:%S}: {finished.summary}"
             if finished.queued:
@@ -325,7 +339,8 @@ class Daemon:
         if self._job is not None or self.stop.is_set():
             return
         due = self.scheduler.due(self._clock())
-        if not due:
+        look = self._task is not None and self._monotonic() >= self._task.next_look()
+        if not due and not look:
             return
         config = self.config
         by_path = {d.path: d for d in config.directories}
@@ -337,7 +352,8 @@ class Daemon:
             name="smsagent-verify",
             daemon=True,
         )
-        self.notifier.status(f"verifying {len(directories)} directories; {self._last_summary}")
+        if directories:
+            self.notifier.status(f"verifying {len(directories)} directories; {self._last_summary}")
         self._job.start()
 
     def _log_next(self) -> None:
@@ -353,6 +369,16 @@ class Daemon:
     # --- work on other threads ---
 
     def _verify_job(self, config: AgentConfig, directories: list[DirectoryConfig]) -> None:
+        fresh = None
+        if self._task is not None:  # the task's settings at each cycle, before verifying
+            config = fresh = self._task.refresh()
+            by_path = {d.path: d for d in config.directories}
+            directories = [by_path[d.path] for d in directories if d.path in by_path]
+            if not directories:
+                with self._lock:
+                    self._finished = _Finished((), 0, None, fresh)
+                self._waker.wake()
+                return
         paths = tuple(d.path for d in directories)
         started = self._monotonic()
         queued, summary = 0, "interrupted"
@@ -382,7 +408,7 @@ class Daemon:
             summary = "failed with an internal error"
             log.exception("verification of %s failed", ", ".join(paths))
         with self._lock:
-            self._finished = _Finished(paths, queued, summary)
+            self._finished = _Finished(paths, queued, summary, fresh)
         self._waker.wake()
 
     def _deliver_loop(self) -> None:
@@ -422,21 +448,32 @@ class Daemon:
                       reason, exc)  # fmt: skip
             self.notifier.ready(f"reload rejected; {self._status_text()}")
             return
-        old, self.config = self.config, new
-        if new == old:
+        if not new.reads_task:
+            self._task = None
+        elif self._task is None:
+            self._task = TaskFollower(new, monotonic=self._monotonic)
+            new = self._task.current()
+        else:
+            new = self._task.rebase(new)
+        if new == self.config:
             log.info("%s: configuration unchanged", reason)
         else:
-            self._announce(new)
-            self.scheduler.reconfigure(
-                new.schedule, [d.path for d in new.directories], now=self._clock()
-            )
-            if self._watch_inputs(new) != self._watch_inputs(old) or self._watcher is None:
-                if self._watcher is not None:
-                    self._watcher.stop()
-                    self._watcher = None
-                self._start_watcher(new)
+            self._adopt(self.config, new)
             log.info("%s: configuration reloaded from %s", reason, new.source)
         self.notifier.ready(self._status_text())
+
+    def _adopt(self, old: AgentConfig, new: AgentConfig) -> None:
+        """Run with a new configuration: a reloaded file, or the task's settings changed."""
+        self.config = new
+        self._announce(new)
+        self.scheduler.reconfigure(
+            new.schedule, [d.path for d in new.directories], now=self._clock()
+        )
+        if self._watch_inputs(new) != self._watch_inputs(old) or self._watcher is None:
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
+            self._start_watcher(new)
 
     def _announce(self, config: AgentConfig) -> None:
         for warning in config.warnings:
