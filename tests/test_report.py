@@ -45,5 +45,5 @@ def test_bulk_lines_match_single_lines(dir_check: str, folder: bytes, names: lis
     many = ReportWriter(bulk)
     many.many(dir_check, Verdict.IDENTICAL, folder, "/".join(n.decode("latin-1") for n in names))
     assert bulk.getvalue() == one_by_one.getvalue()
-    assert many.lines == single.lines == len(names)
+    assert bulk.getvalue().count("\n") == len(names)
     assert all(line.startswith("= /") and "//" not in line for line in bulk.getvalue().splitlines())

@@ -29,7 +29,8 @@ from ..errors import AgentError
 from ..model import DirResult
 from ..sms import delivery
 from ..sms.outbox import Outbox
-from ..verify.runner import check_targets, exclude_rules, run_verification
+from ..verify.plan import check_targets, exclude_rules
+from ..verify.runner import run_verification
 from . import metrics
 from .notify import Notifier, watchdog_interval
 from .scheduler import Scheduler

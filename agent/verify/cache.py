@@ -13,9 +13,11 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any, Tuple
 
 from ..errors import StateError
-from .helper import ROW_ITEM
+from .compare import Side
+from .helper import ROW_ITEM, row_entries, row_from_entries
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +146,62 @@ class HashCache:
                 self._db.execute("COMMIT")
         finally:
             self._db.close()
+
+
+Row = Tuple[int, bytes]  # the device it was made on, the packed entries
+_Key = Tuple[Side, bytes]  # a side and a directory's path on it
+
+
+class RowBook:
+    """The hash cache rows of the directories in flight, per side: the row sent with a
+    scan, the row the scan says to store, and the digests of large files read since. A
+    directory's rows are saved when it settles, once every digest is in."""
+
+    def __init__(self, cache: HashCache, scopes: dict[Side, tuple[str, str]]):
+        self.cache = cache
+        self.scopes = scopes  # per side: its scope in the cache and its hash algorithm
+        # The sides whose scope has rows at all: on a first run there is nothing to look up.
+        self._lookup = {side: cache.holds(scope) for side, (scope, _) in scopes.items()}
+        self._sent: dict[_Key, Row] = {}
+        self._new: dict[_Key, Row] = {}
+        self._more: dict[_Key, dict[int, tuple[Any, ...]]] = {}
+        self._devs: dict[_Key, int] = {}
+
+    def load(self, side: Side, path: bytes) -> Row | None:
+        """The row to send with the scan of `path`, None when there is none."""
+        if not self._lookup[side]:
+            return None
+        scope, algorithm = self.scopes[side]
+        row = self.cache.load_row(scope, path, algorithm)
+        if row is not None:
+            self._sent[(side, path)] = row
+        return row
+
+    def scanned(self, side: Side, path: bytes, dev: int, new_row: bytes | None) -> None:
+        """A scan's device, and the row it made when it differs from the one sent."""
+        self._devs[(side, path)] = dev
+        if new_row is not None:
+            self._new[(side, path)] = (dev, new_row)
+
+    def hashed(self, side: Side, path: bytes, digests: list[Any], stats: list[Any]) -> None:
+        """Digests read on request, with the stats the helper gave for each file."""
+        more = self._more.setdefault((side, path), {})
+        for digest, st in zip(digests, stats):
+            if digest is not None and st is not None and st[4]:  # not modified too recently
+                more[st[0]] = (st[1], st[2], st[3], digest)
+
+    def save(self, side: Side, path: bytes) -> None:
+        """Store the row the scan sent, with the digests of large files read since."""
+        key = (side, path)
+        row = self._new.pop(key, None)
+        sent = self._sent.pop(key, None)
+        dev = self._devs.pop(key, None)
+        more = self._more.pop(key, None)
+        if more:
+            base = row or sent
+            entries = row_entries(base[1]) if base and base[0] == dev else {}
+            entries.update(more)
+            row = (dev or 0, row_from_entries(entries))
+        if row is not None:
+            scope, algorithm = self.scopes[side]
+            self.cache.save_row(scope, path, algorithm, row[0], row[1])

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import select
-import struct
 import subprocess
 import sys
 import threading
@@ -16,12 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import TargetError
-from .helper import decode_payload, encode_frame
+from .helper import FRAME_HEADER, decode_payload, encode_frame
+from .wire import Reply
 
 log = logging.getLogger(__name__)
 
 HELPER_SOURCE = (Path(__file__).with_name("helper.py")).read_bytes()
-_HEADER = struct.Struct(">I")
 # The first reply (hello) is tiny; a larger "length" is text a login script printed on the
 # SSH session's stdout before the helper started, which would otherwise stall the reader.
 FIRST_FRAME_MAX = 1 << 20
@@ -45,16 +44,6 @@ def bootstrap_command(python: str) -> list[str]:
         f"exec(compile(sys.stdin.buffer.read({len(HELPER_SOURCE)}),'smsagent-helper','exec'))"
     )
     return [python, "-c", code]
-
-
-class Reply:
-    """One answer from a helper: `channel` is who answered, `message` is None when it died."""
-
-    __slots__ = ("channel", "message")
-
-    def __init__(self, channel: Channel, message: list[Any] | None):
-        self.channel = channel
-        self.message = message
 
 
 class Channel:
@@ -136,7 +125,7 @@ class Channel:
         replies = []
         offset = 0
         while len(buf) - offset >= 4:
-            (size,) = _HEADER.unpack_from(buf, offset)
+            (size,) = FRAME_HEADER.unpack_from(buf, offset)
             if not self._answered and size > FIRST_FRAME_MAX:
                 self._garbage = bytes(buf[:200])
                 self.alive = False
@@ -146,6 +135,7 @@ class Channel:
             if len(buf) - offset - 4 < size:
                 break
             replies.append(Reply(self, decode_payload(bytes(buf[offset + 4 : offset + 4 + size]))))
+            self.outstanding -= 1  # the one place that counts answers off
             offset += 4 + size
         if offset:
             del buf[:offset]
@@ -238,7 +228,6 @@ class Pool:
     def __init__(self, channels: list[Channel], *, scope: str, hello: dict[str, Any]):
         self.channels = channels
         self.scope = scope  # names this side's files in the hash cache
-        self.hello = hello
         self.algorithm: str = hello["algorithm"]
         self.via: str = hello.get("via", "")
 
@@ -269,15 +258,13 @@ def call(channel: Channel, op: str, *args: Any, timeout: float) -> Any:
             channel.process.kill()
             raise TargetError(f"{channel.label}: no answer within {timeout:g}s")
         for reply in wait_for_replies([channel], min(left, 1.0)):
-            if reply.message is None:
+            if reply.ident is None:
                 raise TargetError(f"{channel.label}: {channel.failure()}")
-            channel.outstanding -= 1
-            status, reply_id = reply.message[0], reply.message[1]
-            if reply_id != ident:
+            if reply.ident != ident:
                 continue
-            if status != "ok":
-                raise TargetError(f"{channel.label}: {reply.message[2]}")
-            return reply.message[2]
+            if reply.error is not None:
+                raise TargetError(f"{channel.label}: {reply.error}")
+            return reply.values[0]
 
 
 def spawn(argv: Sequence[str], *, label: str, workers: int, explain: Explain = explain_exit

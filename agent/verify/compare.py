@@ -1,22 +1,48 @@
 """Pure comparison rules: merge two sorted directory listings into verdicts and further work.
 
-An entry is a list as the helper's scan sends it: [name, kind, size, value], and for a file
-not yet hashed also its mtime_ns. Kinds: "f" file (value: its digest, or None when it must
-still be read), "l" symlink (value: where it points), "d" directory, "s" socket/FIFO/device,
-"p" a directory not to enter (pseudo filesystem, other filesystem), "e" cannot be examined
-(value: why), "gone" vanished while being listed.
+Entries are typed here (the channel decodes the helper's compact lists into them). A name is
+the text the helper sent: each byte of the file name as one latin-1 character, so names sort
+in byte order and `name.encode("latin-1")` gives the bytes back.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import NamedTuple
 
 from ..model import Verdict
 
-Entry = List[Any]
-NAME, KIND, SIZE, VALUE, MTIME = range(5)
-COMPARED = ("f", "l")  # the kinds that are counted
+
+class Kind(enum.Enum):
+    """What a listed entry is; the values are the helper's wire letters."""
+
+    FILE = "f"  # value: its digest, or None when it must still be read
+    LINK = "l"  # value: where it points
+    DIR = "d"
+    SPECIAL = "s"  # socket, FIFO or device: never compared
+    NOT_ENTERED = "p"  # a directory not to enter (pseudo filesystem, other filesystem)
+    UNREADABLE = "e"  # cannot be examined; value: why
+    GONE = "gone"  # vanished while being listed
+
+
+class Side(enum.Enum):
+    SOURCE = "source"
+    TARGET = "target"
+
+
+class Entry(NamedTuple):
+    name: str
+    kind: Kind
+    size: int
+    value: str | None
+    mtime: int = 0  # of a file still to be read: the read must find it unchanged
+
+
+# Module-level names: the loops below run once per entry of a tree.
+FILE, LINK, DIR, SPECIAL = Kind.FILE, Kind.LINK, Kind.DIR, Kind.SPECIAL
+NOT_ENTERED, UNREADABLE, GONE = Kind.NOT_ENTERED, Kind.UNREADABLE, Kind.GONE
+COMPARED = (FILE, LINK)  # the kinds that are counted (a tuple: enum hashing is slow)
 
 
 @dataclass
@@ -43,10 +69,10 @@ def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None =
     i = j = 0
     ns, nt = len(src), len(tgt)
     while i < ns or j < nt:
-        if j >= nt or (i < ns and src[i][NAME] < tgt[j][NAME]):
+        if j >= nt or (i < ns and src[i].name < tgt[j].name):
             _source_only(out, src[i], target_unreadable)
             i += 1
-        elif i >= ns or tgt[j][NAME] < src[i][NAME]:
+        elif i >= ns or tgt[j].name < src[i].name:
             _target_only(out, tgt[j])
             j += 1
         else:
@@ -57,97 +83,97 @@ def merge(src: list[Entry], tgt: list[Entry], *, target_unreadable: str | None =
 
 
 def _same_names(src: list[Entry], tgt: list[Entry]) -> bool:
-    return all(s[NAME] == t[NAME] for s, t in zip(src, tgt))
+    return all(s.name == t.name for s, t in zip(src, tgt))
 
 
 def _merge_aligned(out: Merged, src: list[Entry], tgt: list[Entry]) -> None:
     """The common case of a migrated copy: the same names on both sides."""
     for s, t in zip(src, tgt):
-        if s[KIND] == "f" and t[KIND] == "f" and s[SIZE] == t[SIZE] and s[SIZE]:
+        if s.kind is FILE and t.kind is FILE and s.size == t.size and s.size:
             _same_size(out, s, t)
         else:
             _both(out, s, t)
 
 
 def _source_only(out: Merged, s: Entry, target_unreadable: str | None) -> None:
-    kind = s[KIND]
+    kind = s.kind
     if kind in COMPARED:
         if target_unreadable:
-            out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {target_unreadable}"))
+            out.verdicts.append((Verdict.ERROR, s.name, f"target: {target_unreadable}"))
         else:
-            out.verdicts.append((Verdict.MISSING, s[NAME], None))
-    elif kind == "d":
-        out.subdirs.append((s[NAME], True, False))
-    elif kind == "e":
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[VALUE]}"))
-    elif kind == "s":
+            out.verdicts.append((Verdict.MISSING, s.name, None))
+    elif kind is DIR:
+        out.subdirs.append((s.name, True, False))
+    elif kind is UNREADABLE:
+        out.verdicts.append((Verdict.ERROR, s.name, f"source: {s.value}"))
+    elif kind is SPECIAL:
         out.specials += 1
 
 
 def _target_only(out: Merged, t: Entry) -> None:
-    kind = t[KIND]
+    kind = t.kind
     if kind in COMPARED:
-        out.verdicts.append((Verdict.MORE, t[NAME], None))
-    elif kind == "d":
-        out.subdirs.append((t[NAME], False, True))
-    elif kind == "e":
+        out.verdicts.append((Verdict.MORE, t.name, None))
+    elif kind is DIR:
+        out.subdirs.append((t.name, False, True))
+    elif kind is UNREADABLE:
         # Something is there that could not be examined: never call that consistent.
-        out.verdicts.append((Verdict.MORE, t[NAME], f"target: {t[VALUE]}"))
+        out.verdicts.append((Verdict.MORE, t.name, f"target: {t.value}"))
 
 
 def _both(out: Merged, s: Entry, t: Entry) -> None:
-    skind, tkind = s[KIND], t[KIND]
-    if skind == "gone":
+    skind, tkind = s.kind, t.kind
+    if skind is GONE:
         _target_only(out, t)
         return
-    if tkind == "gone":
+    if tkind is GONE:
         _source_only(out, s, None)
         return
-    if skind == "p" or tkind == "p":
+    if skind is NOT_ENTERED or tkind is NOT_ENTERED:
         return  # not entered on one side, so not on the other either
-    if skind == "d":
-        if tkind == "d":
-            out.subdirs.append((s[NAME], True, True))
+    if skind is DIR:
+        if tkind is DIR:
+            out.subdirs.append((s.name, True, True))
             return
-        out.subdirs.append((s[NAME], True, False))
-        if tkind == "e":  # what is under it on the source cannot be called missing
-            out.blind[s[NAME]] = f"{t[VALUE]}"
-        if tkind in COMPARED or tkind == "e":
+        out.subdirs.append((s.name, True, False))
+        if tkind is UNREADABLE:  # what is under it on the source cannot be called missing
+            out.blind[s.name] = f"{t.value}"
+        if tkind in COMPARED or tkind is UNREADABLE:
             _target_only(out, t)  # no file at this path on the source
         return
-    if skind == "s":
+    if skind is SPECIAL:
         out.specials += 1
-        if tkind == "d":
-            out.subdirs.append((t[NAME], False, True))
-        elif tkind in COMPARED or tkind == "e":
+        if tkind is DIR:
+            out.subdirs.append((t.name, False, True))
+        elif tkind in COMPARED or tkind is UNREADABLE:
             _target_only(out, t)
         return
-    if skind == "e":
+    if skind is UNREADABLE:
         # One entry for whatever is here: the target's side of it is not counted again.
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"source: {s[VALUE]}"))
+        out.verdicts.append((Verdict.ERROR, s.name, f"source: {s.value}"))
         return
     # The source holds a file or symlink here.
-    if tkind == "e":
-        out.verdicts.append((Verdict.ERROR, s[NAME], f"target: {t[VALUE]}"))
-    elif tkind != skind:
-        out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
-        if tkind == "d":
-            out.subdirs.append((t[NAME], False, True))
-    elif skind == "l":
-        _equal_if(out, s[VALUE] == t[VALUE], s[NAME])
-    elif s[SIZE] != t[SIZE]:
-        out.verdicts.append((Verdict.DIFFERENT, s[NAME], None))
-    elif s[SIZE] == 0:
-        out.identical.append(s[NAME])  # nothing to read
+    if tkind is UNREADABLE:
+        out.verdicts.append((Verdict.ERROR, s.name, f"target: {t.value}"))
+    elif tkind is not skind:
+        out.verdicts.append((Verdict.DIFFERENT, s.name, None))
+        if tkind is DIR:
+            out.subdirs.append((t.name, False, True))
+    elif skind is LINK:
+        _equal_if(out, s.value == t.value, s.name)
+    elif s.size != t.size:
+        out.verdicts.append((Verdict.DIFFERENT, s.name, None))
+    elif s.size == 0:
+        out.identical.append(s.name)  # nothing to read
     else:
         _same_size(out, s, t)
 
 
 def _same_size(out: Merged, s: Entry, t: Entry) -> None:
-    if s[VALUE] is None or t[VALUE] is None:
+    if s.value is None or t.value is None:
         out.to_hash.append((s, t))
     else:
-        _equal_if(out, s[VALUE] == t[VALUE], s[NAME])
+        _equal_if(out, s.value == t.value, s.name)
 
 
 def _equal_if(out: Merged, same: bool, name: str) -> None:

@@ -36,7 +36,7 @@ PSEUDO_FS = {
     "tracefs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs",
     "binfmt_misc", "efivarfs", "selinuxfs", "rpc_pipefs", "nsfs",
 }  # fmt: skip
-_HEADER = struct.Struct(">I")
+FRAME_HEADER = struct.Struct(">I")
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
@@ -51,7 +51,7 @@ def read_frame(stream):
     header = stream.read(4)
     if len(header) < 4:
         return None
-    (size,) = _HEADER.unpack(header)
+    (size,) = FRAME_HEADER.unpack(header)
     payload = stream.read(size)
     if len(payload) < size:
         return None
@@ -73,10 +73,10 @@ def encode_frame(message):
     if cut < len(message):
         parts.append(b"\0")  # JSON text never holds a NUL byte
         for blob in message[cut:]:
-            parts.append(_HEADER.pack(len(blob)))
+            parts.append(FRAME_HEADER.pack(len(blob)))
             parts.append(blob)
     body = b"".join(parts)
-    return _HEADER.pack(len(body)) + body
+    return FRAME_HEADER.pack(len(body)) + body
 
 
 def decode_payload(payload):
@@ -87,7 +87,7 @@ def decode_payload(payload):
     message = json.loads(payload[:end].decode("utf-8"))
     pos = end + 1
     while pos < len(payload):
-        (size,) = _HEADER.unpack_from(payload, pos)
+        (size,) = FRAME_HEADER.unpack_from(payload, pos)
         message.append(payload[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return message

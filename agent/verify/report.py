@@ -1,11 +1,30 @@
-"""How paths and results are shown: one escaping rule for reports, logs and JSON."""
+"""Where verdicts go: counted into a directory's tally and written to the report, with one
+escaping rule for the paths shown in reports, logs and JSON."""
 
 from __future__ import annotations
 
 import os
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Callable, Protocol
 
-from ..model import Verdict
+from ..model import DirCounts, Verdict
+
+MAX_ERROR_SAMPLES = 50  # reasons kept with a directory's result
+
+# Told as a directory's work goes on: dir_check, files settled and bytes hashed so far.
+ProgressSink = Callable[[str, int, int], None]
+
+
+class ReportSink(Protocol):
+    """Takes every compared path's verdict (ReportWriter writes them to a file)."""
+
+    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
+        """One path; `rel` is relative to the verified directory `dir_check`."""
+
+    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
+        """Files of one folder with the same verdict and no reason: `names` are joined by
+        "/" (which no file name holds), each byte one latin-1 character."""
+
 
 _NAMED = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x5C: "\\\\"}
 
@@ -47,18 +66,15 @@ class ReportWriter:
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
-        self.lines = 0
 
     def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
         line = f"{verdict.value} {join_display(dir_check, rel)}"
         if reason:
             line += f"\t{reason}"
         self.stream.write(line + "\n")
-        self.lines += 1
 
     def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
-        """Lines for files of one folder with the same verdict and no reason, in one write.
-        `names` are joined by "/" (which no file name holds), each byte one character."""
+        """The lines for files of one folder (see ReportSink.many), in one write."""
         head = f"{verdict.value} {dir_check.rstrip('/')}/"
         if folder:
             head += escape(folder) + "/"
@@ -68,4 +84,98 @@ class ReportWriter:
         else:
             text = "".join([f"{head}{escape(n.encode('latin-1'))}\n" for n in names.split("/")])
         self.stream.write(text)
-        self.lines += names.count("/") + 1
+
+
+@dataclass
+class Tally:
+    """One directory's counts as verdicts come in."""
+
+    total: int = 0
+    identical: int = 0
+    different: int = 0
+    missing: int = 0
+    more: int = 0
+    errors: int = 0
+    specials: int = 0
+    bytes_hashed: int = 0
+    files_hashed: int = 0
+    cache_hits: int = 0
+    samples: list[str] = field(default_factory=list)  # the first reasons, for the result
+
+    def add(self, verdict: Verdict, reason: str | None = None) -> None:
+        if verdict is Verdict.IDENTICAL:
+            self.identical += 1
+            self.total += 1
+        elif verdict is Verdict.MISSING:
+            self.missing += 1
+            self.total += 1
+        elif verdict is Verdict.MORE:
+            self.more += 1
+            if reason:  # something at the target that could not be examined
+                self.errors += 1
+        else:
+            self.different += 1
+            self.total += 1
+            if verdict is Verdict.ERROR:
+                self.errors += 1
+
+    def freeze(self) -> DirCounts:
+        return DirCounts(
+            total=self.total,
+            identical=self.identical,
+            different=self.different,
+            missing=self.missing,
+            more=self.more,
+            errors=self.errors,
+            skipped_special=self.specials,
+            bytes_hashed=self.bytes_hashed,
+            files_hashed=self.files_hashed,
+            cache_hits=self.cache_hits,
+        )
+
+
+class ResultSink:
+    """Where one directory's verdicts go: its tally, the report and the progress display."""
+
+    def __init__(self, dir_check: str, report: ReportSink | None, progress: ProgressSink | None):
+        self.dir_check = dir_check
+        self.report = report
+        self.progress = progress
+        self.tally = Tally()
+        self.files_done = 0  # settled, for the progress display
+        self.bytes_done = 0
+
+    def read(self, files: int, nbytes: int, *, hits: int = 0) -> None:
+        """Files the helpers digested (during a scan or on request), and cache hits."""
+        self.tally.files_hashed += files
+        self.tally.bytes_hashed += nbytes
+        self.tally.cache_hits += hits
+        self.bytes_done += nbytes
+
+    def identical(self, folder: bytes, names: str) -> int:
+        """Count and report identical files of one folder in bulk (`names` as in
+        ReportSink.many); returns how many there were."""
+        if not names:
+            return 0
+        count = names.count("/") + 1
+        self.tally.identical += count
+        self.tally.total += count
+        if self.report is not None:
+            self.report.many(self.dir_check, Verdict.IDENTICAL, folder, names)
+        return count
+
+    def verdict(self, verdict: Verdict, rel: bytes, reason: str | None) -> None:
+        tally = self.tally
+        tally.add(verdict, reason)
+        if reason and len(tally.samples) < MAX_ERROR_SAMPLES:
+            tally.samples.append(f"{escape(rel)}: {reason}")
+        if self.report is not None:
+            self.report(self.dir_check, verdict, rel, reason)
+
+    def settled(self, files: int) -> None:
+        """`files` more files have their verdicts."""
+        self.files_done += files
+
+    def tell_progress(self) -> None:
+        if self.progress is not None:
+            self.progress(self.dir_check, self.files_done, self.bytes_done)

@@ -3,63 +3,23 @@ and never let one directory's failure stop the others."""
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import replace
-from pathlib import Path
-from typing import Callable
 
 from ..config import AgentConfig, DirectoryConfig
-from ..errors import AgentError, ConfigError, StateError, TargetError
+from ..errors import AgentError, StateError, TargetError
 from ..model import DirCounts, DirResult
 from .cache import HashCache
 from .channel import Channel, Pool, default_workers
-from .engine import Engine, ReportSink
-from .excludes import ExcludeRules
-from .targets import ALGORITHMS, TargetSpec, open_pool, parse_target, spawn_local
+from .engine import Engine
+from .plan import DirPlan, plan_directories
+from .report import ProgressSink, ReportSink
+from .targets import ALGORITHMS, TargetSpec, open_pool, spawn_local
 
 log = logging.getLogger(__name__)
-
-ProgressSink = Callable[[str, int, int], None]  # dir_check, files settled, bytes hashed
-
-
-def check_targets(config: AgentConfig, directories: Sequence[DirectoryConfig]) -> None:
-    if not directories:
-        raise ConfigError(
-            "no directories to verify: give --dir or list them under `directories:`",
-            source=config.source,
-        )
-    lacking = [d.path for d in directories if config.target_for(d) is None]
-    if lacking:
-        raise ConfigError(
-            f"no target for {', '.join(lacking)}: give --target or set `target:`",
-            source=config.source,
-        )
-
-
-def state_dir_rule(state_dir: Path, directory: str) -> str | None:
-    """An anchored exclude for the agent's own state when it lies inside `directory`."""
-    state = os.path.realpath(state_dir)
-    base = os.path.realpath(directory)
-    if state == base:
-        return None
-    if not state.startswith(base.rstrip("/") + "/"):
-        return None
-    rel = state[len(base.rstrip("/")) + 1 :]
-    return "/" + glob.escape(rel) + "/"
-
-
-def exclude_rules(config: AgentConfig, directory: DirectoryConfig) -> ExcludeRules:
-    patterns = list(config.exclude) + list(directory.exclude)
-    own = state_dir_rule(config.state_dir, directory.path)
-    if own:
-        patterns.append(own)
-    return ExcludeRules(patterns, base=directory.path)
 
 
 class _Pools:
@@ -159,7 +119,7 @@ def run_verification(
     progress: ProgressSink | None = None,
 ) -> list[DirResult]:
     """One DirResult per directory, in order; a failed directory carries its `error`."""
-    check_targets(config, directories)
+    plans = plan_directories(config, directories)  # before any helper starts
     stop = stop or threading.Event()
     results: list[DirResult] = []
     with ExitStack() as stack:
@@ -167,8 +127,8 @@ def run_verification(
         if cache is not None:
             stack.callback(cache.close)
         pools = _Pools(config, stack)
-        for directory in directories:
-            results.append(_verify_one(config, directory, pools, cache, stop, report, progress))
+        for plan in plans:
+            results.append(_verify_one(plan, pools, cache, stop, report, progress))
         if cache is not None:
             cache.prune()
         # The helpers exit while the cache is written out (and each other), not one by one.
@@ -179,59 +139,39 @@ def run_verification(
 
 
 def _verify_one(
-    config: AgentConfig,
-    directory: DirectoryConfig,
+    plan: DirPlan,
     pools: _Pools,
     cache: HashCache | None,
     stop: threading.Event,
     report: ReportSink | None,
     progress: ProgressSink | None,
 ) -> DirResult:
-    target_text = config.target_for(directory) or ""
-    spec = parse_target(target_text)
     started = time.monotonic()
     try:
         pools.prepare_source()
-        target_pool = pools.target(spec)
+        target_pool = pools.target(plan.target)
         source_pool = pools.source(target_pool.algorithm)
     except AgentError as exc:
-        log.error("%s: %s", directory.path, exc)
+        log.error("%s: %s", plan.dir_check, exc)
         return DirResult(
-            dir_check=directory.path,
-            target=target_text,
+            dir_check=plan.dir_check,
+            target=plan.target_text,
             counts=DirCounts(),
             elapsed=time.monotonic() - started,
             hash_algorithm="",
             error=str(exc),
         )
     engine = Engine(
-        source_pool,
-        target_pool,
-        cache=cache,
-        report=report,
-        progress=(lambda f, b: progress(directory.path, f, b)) if progress else None,
-        stop=stop,
-        one_file_system=config.one_file_system,
+        source_pool, target_pool, cache=cache, report=report, progress=progress, stop=stop
     )
-    result = engine.compare(
-        directory.path,
-        os.fsencode(directory.path),
-        spec.path,
-        exclude_rules(config, directory),
-    )
-    result = replace(
-        result,
-        target=target_text,
-        hash_algorithm=target_pool.algorithm,
-        hash_via=target_pool.via,
-    )
+    result = engine.compare(plan)
     c = result.counts
     if result.error:
-        log.error("%s: not verified: %s", directory.path, result.error)
+        log.error("%s: not verified: %s", plan.dir_check, result.error)
     else:
         log.info(
             "%s: total=%d different=%d missing=%d more=%d errors=%d hashed=%dB in %.2fs",
-            directory.path, c.total, c.different, c.missing, c.more, c.errors,
+            plan.dir_check, c.total, c.different, c.missing, c.more, c.errors,
             c.bytes_hashed, result.elapsed,
         )  # fmt: skip
     return result
