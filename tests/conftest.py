@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.model import Verdict
+
 
 def smsagent_command() -> list[str]:
     """The installed console script, as a user would run it."""
@@ -90,3 +92,21 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+class ReportLines(list):
+    """A report (verify.report.ReportSink) that keeps (verdict, rel, reason) per path, and
+    the directories it was told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir_checks: set[str] = set()
+
+    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
+        self.dir_checks.add(dir_check)
+        self.append((verdict, rel, reason))
+
+    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
+        prefix = folder + b"/" if folder else b""
+        for name in names.split("/"):
+            self(dir_check, verdict, prefix + name.encode("latin-1"), None)

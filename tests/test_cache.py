@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from agent.config import parse_config
-from agent.verify.cache import HashCache
+from agent.verify.cache import HashCache, RowBook
+from agent.verify.compare import Side
 from agent.verify.helper import row_from_entries
 from agent.verify.runner import run_verification
 
@@ -92,4 +93,36 @@ def test_a_deleted_file_leaves_the_cache_when_its_directory_is_seen_again(tmp_pa
     assert result.counts.total == 0
     cache = HashCache(tmp_path / "state")
     assert cache.count() == 0
+    cache.close()
+
+
+def test_the_row_book_saves_what_scans_and_later_reads_found(tmp_path: Path) -> None:
+    cache = HashCache(tmp_path)
+    scopes = {Side.SOURCE: ("local", "xxh3-128"), Side.TARGET: ("ssh://h", "xxh3-128")}
+    first = RowBook(cache, scopes)
+    assert first.load(Side.SOURCE, b"/d") is None  # nothing of this scope yet
+    first.scanned(Side.SOURCE, b"/d", 7, row({1: [5, 10, 11]}))
+    first.scanned(Side.TARGET, b"/t/d", 9, None)  # the scan made no row here
+    # Digests read on request join the row; one modified too recently does not.
+    first.hashed(Side.TARGET, b"/t/d", ["ab" * 16, "cd" * 16], [[2, 6, 20, 21, True],
+                                                                [3, 6, 20, 21, False]])  # fmt: skip
+    first.save(Side.SOURCE, b"/d")
+    first.save(Side.TARGET, b"/t/d")
+    assert cache.load_row("local", b"/d", "xxh3-128") == (7, row({1: [5, 10, 11]}))
+    assert cache.load_row("ssh://h", b"/t/d", "xxh3-128") == (9, row({2: [6, 20, 21]}))
+    # A later run sends the stored row with the scan, and adds what it reads to it...
+    second = RowBook(cache, scopes)
+    assert second.load(Side.TARGET, b"/t/d") == (9, row({2: [6, 20, 21]}))
+    second.scanned(Side.TARGET, b"/t/d", 9, None)
+    second.hashed(Side.TARGET, b"/t/d", ["ab" * 16], [[4, 1, 2, 3, True]])
+    second.save(Side.TARGET, b"/t/d")
+    assert cache.load_row("ssh://h", b"/t/d", "xxh3-128") == (9, row({2: [6, 20, 21],
+                                                                      4: [1, 2, 3]}))  # fmt: skip
+    # ...unless the directory is now on another device: the old entries cannot be trusted.
+    third = RowBook(cache, scopes)
+    assert third.load(Side.TARGET, b"/t/d") is not None
+    third.scanned(Side.TARGET, b"/t/d", 10, None)
+    third.hashed(Side.TARGET, b"/t/d", ["ab" * 16], [[5, 1, 2, 3, True]])
+    third.save(Side.TARGET, b"/t/d")
+    assert cache.load_row("ssh://h", b"/t/d", "xxh3-128") == (10, row({5: [1, 2, 3]}))
     cache.close()

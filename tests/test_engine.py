@@ -16,27 +16,15 @@ from agent.verify import helper
 from agent.verify.excludes import ExcludeRules
 from agent.verify.runner import run_verification
 
-from .conftest import write_tree
+from .conftest import ReportLines, write_tree
 from .reference import expected_counts
-
-
-class Lines(list):
-    """A report that keeps (verdict, rel, reason) per path."""
-
-    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
-        self.append((verdict, rel, reason))
-
-    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
-        prefix = folder + b"/" if folder else b""
-        for name in names.split("/"):
-            self(dir_check, verdict, prefix + name.encode("latin-1"), None)
 
 
 def verify(src: Path, tgt: Path, state: Path, **options) -> tuple[DirResult, list[tuple]]:
     raw = {"directories": [{"path": str(src), "target": str(tgt)}], "state_dir": str(state)}
     raw.update(options.pop("config", {}))
     config = parse_config(raw)
-    lines = Lines()
+    lines = ReportLines()
     results = run_verification(config, config.directories, report=lines, **options)
     assert len(results) == 1
     return results[0], lines

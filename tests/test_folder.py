@@ -11,17 +11,9 @@ from agent.verify.folder import Folder
 from agent.verify.report import ResultSink
 from agent.verify.wire import Digests, DirScan
 
+from .conftest import ReportLines
+
 NO_RULES = ExcludeRules([])
-
-
-class Lines(list):
-    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
-        self.append((verdict, rel, reason))
-
-    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
-        prefix = folder + b"/" if folder else b""
-        for name in names.split("/"):
-            self.append((verdict, prefix + name.encode("latin-1"), None))
 
 
 def scan(entries: list[list], *, complete: bool = True) -> DirScan:
@@ -31,8 +23,8 @@ def scan(entries: list[list], *, complete: bool = True) -> DirScan:
     return DirScan(complete, 1, 0, 0, 0, files, subdirs, 0, False, listing, b"")
 
 
-def sink() -> tuple[ResultSink, Lines]:
-    lines = Lines()
+def sink() -> tuple[ResultSink, ReportLines]:
+    lines = ReportLines()
     return ResultSink("/srv", lines, None), lines
 
 

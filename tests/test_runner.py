@@ -9,17 +9,8 @@ from agent.config import parse_config
 from agent.model import Verdict
 from agent.verify.runner import run_verification
 
-from .conftest import write_tree
+from .conftest import ReportLines, write_tree
 from .sshd import free_port
-
-
-class Report(list):
-    def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
-        self.append((dir_check, verdict, rel))
-
-    def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
-        prefix = folder + b"/" if folder else b""
-        self.extend((dir_check, verdict, prefix + n.encode("latin-1")) for n in names.split("/"))
 
 
 def test_a_failed_directory_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -30,7 +21,7 @@ def test_a_failed_directory_does_not_stop_the_others(tmp_path: Path) -> None:
         "directories": [{"path": str(tmp_path / "nosuch"), "target": str(tmp_path / "tgt")},
                         {"path": str(tmp_path / "src"), "target": str(tmp_path / "tgt")}],
     })  # fmt: skip
-    report, progress = Report(), []
+    report, progress = ReportLines(), []
     failed, done = run_verification(
         config, config.directories, report=report,
         progress=lambda d, files, nbytes: progress.append((d, files, nbytes)),
@@ -39,8 +30,9 @@ def test_a_failed_directory_does_not_stop_the_others(tmp_path: Path) -> None:
     assert done.error is None and (done.counts.total, done.counts.different) == (2, 1)
     assert done.target == str(tmp_path / "tgt") and done.hash_algorithm == "xxh3-128"
     src = str(tmp_path / "src")
-    assert sorted(report, key=lambda r: r[2]) == [(src, Verdict.IDENTICAL, b"a"),
-                                                  (src, Verdict.DIFFERENT, b"d/b")]  # fmt: skip
+    assert report.dir_checks == {src}
+    assert sorted(report, key=lambda r: r[1]) == [(Verdict.IDENTICAL, b"a", None),
+                                                  (Verdict.DIFFERENT, b"d/b", None)]  # fmt: skip
     # Progress is told per directory, and ends at every file of it.
     assert progress and {d for d, _, _ in progress} == {src}
     assert progress[-1][1] == 2 and progress[-1][2] == done.counts.bytes_hashed
