@@ -64,8 +64,9 @@ CASES = {
                                   {"e": (MORE, "target: why")}, [], [], 0),
     "dir vs unreadable": ([d("e")], [other("e", Kind.UNREADABLE, "why")],
                           {"e": (MORE, "target: why")}, [("e", True, False)], [], 0),
+    # One entry for whatever is there: the target's directory is not entered and counted.
     "unreadable vs dir": ([other("e", Kind.UNREADABLE, "why")], [d("e")],
-                          {"e": (ERR, "source: why")}, [("e", False, True)], [], 0),
+                          {"e": (ERR, "source: why")}, [], [], 0),
     "gone at source": ([other("g", Kind.GONE)], [f("g")], {"g": (MORE, None)}, [], [], 0),
     "gone at target": ([f("g")], [other("g", Kind.GONE)], {"g": (MISS, None)}, [], [], 0),
     "gone on both": ([other("g", Kind.GONE)], [other("g", Kind.GONE)], {}, [], [], 0),
@@ -127,6 +128,13 @@ def test_counts(src, tgt, counts) -> None:
     got = {key: getattr(tally, key) for key in counts}
     assert got == counts
     assert tally.total == tally.identical + tally.different + tally.missing
+
+
+def test_a_source_directory_the_target_cannot_examine_is_walked_blind() -> None:
+    merged = merge([d("a"), d("b")], [other("a", Kind.UNREADABLE, "Permission denied"), d("b")])
+    assert merged.blind == {"a": "Permission denied"}
+    assert merged.subdirs == [("a", True, False), ("b", True, True)]
+    assert merged.verdicts == [(Verdict.MORE, "a", "target: Permission denied")]
 
 
 def test_an_unlistable_target_makes_source_files_errors_not_missing() -> None:

@@ -9,7 +9,7 @@ from agent.verify.compare import Side
 from agent.verify.excludes import ExcludeRules
 from agent.verify.folder import Folder
 from agent.verify.report import ResultSink
-from agent.verify.wire import Digests, DirScan
+from agent.verify.wire import Digests, DirScan, ScanFailure
 
 from .conftest import ReportLines
 
@@ -65,14 +65,20 @@ def test_pairs_wait_for_digests_then_are_judged() -> None:
 
 def test_an_unlisted_source_is_an_error_and_an_unlisted_target_is_inherited() -> None:
     out, lines = sink()
-    Folder(b"x", True, True).unlisted(Side.SOURCE, "Permission denied", out)
+    unlisted = Folder(b"x", True, True)
+    unlisted.unlisted(Side.SOURCE, ScanFailure("Permission denied"), out)
     assert lines == [(Verdict.ERROR, b"x", "source: cannot list: Permission denied")]
+    # Its error entry stands for everything under it: the target's side is not counted.
+    unlisted.scans = {Side.TARGET: scan([["f", "f", 1, "a" * 32], ["sub", "d", 0, None]])}
+    assert unlisted.merge(NO_RULES, out) == [] and len(lines) == 1
     folder = Folder(b"y", True, True)
-    folder.unlisted(Side.TARGET, "Permission denied", out)
+    folder.unlisted(Side.TARGET, ScanFailure("No such file or directory", gone=True), out)
     folder.scans = {Side.SOURCE: scan([["f", "f", 1, "a" * 32], ["sub", "d", 0, None]])}
     children = folder.merge(NO_RULES, out)
-    assert lines[1] == (Verdict.ERROR, b"y/f", "target: cannot list: Permission denied")
-    assert [c.target_unreadable for c in children] == ["cannot list: Permission denied"]
+    assert lines[1:] == [(Verdict.MORE, b"y", "target: vanished before it was listed"),
+                         (Verdict.ERROR, b"y/f", "target: vanished before it was listed")]  # fmt: skip
+    assert [c.target_unreadable for c in children] == ["vanished before it was listed"]
+    assert not children[0].target_unlisted  # the entry more was counted here, once
 
 
 def test_excluded_entries_are_dropped_on_both_sides() -> None:
