@@ -96,6 +96,17 @@ def _absolute(path: str) -> str:
     help="Write a per-file list (rclone --combined style) to FILE; - for stdout.",
 )
 @click.option("--no-cache", is_flag=True, help="Hash every compared file, ignoring the cache.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Compare type, size and modification time only; read nothing (mode: quick).",
+)
+@click.option(
+    "--modify-window",
+    type=click.IntRange(0),
+    metavar="SECONDS",
+    help="Quick mode: mtimes this far apart still match (modify_window; default 0).",
+)
 @click.option("--workers", type=click.IntRange(1, 64), help="Helpers per side (limits.workers).")
 @click.option("--state-dir", metavar="DIR", help="State directory (overrides state_dir).")
 @click.option(
@@ -119,6 +130,8 @@ def verify(
     as_json: bool,
     report_path: str | None,
     no_cache: bool,
+    quick: bool,
+    modify_window: int | None,
     workers: int | None,
     state_dir: str | None,
     endpoint: str | None,
@@ -129,7 +142,8 @@ def verify(
     config = _load(config_path).with_overrides({
         "directories": [_absolute(d) for d in dirs], "target": target, "exclude": exclude,
         "state_dir": state_dir, "endpoint": endpoint, "task_id": task_id,
-        "limits.workers": workers,
+        "limits.workers": workers, "mode": "quick" if quick else None,
+        "modify_window": modify_window,
     })  # fmt: skip
     config = _with_task(config)
     report_file: IO[str] | None = None
@@ -143,6 +157,9 @@ def verify(
             )
         except OSError as exc:
             raise AgentError(f"--report {report_path}: {exc.strerror}") from None
+    if report_file is not None and config.verify_mode == "quick":
+        # The combined format's lines start with a mark; a quick check says so first.
+        report_file.write(f"# {output.mode_line(config.modify_window)}\n")
     progress = _Progress() if sys.stdout.isatty() and not as_json else None
     stop = threading.Event()
     try:

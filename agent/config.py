@@ -42,6 +42,8 @@ FROM_TASK = "from_task"
 TASK_HOST = "{task}"
 # The target when directories come from the task and no target is set: the task's own.
 TASK_TARGET = "ssh://root@{task}/"
+# content: same size and the same xxh3-128 digest; quick: same size and mtime, nothing read.
+MODES = ("content", "quick")
 
 
 def default_state_dir() -> Path:
@@ -73,6 +75,14 @@ def _show_directories(value: Any, config: AgentConfig) -> Any:
         {"path": d.path, "target": config.target_for(d), "exclude": list(d.exclude)} for d in value
     ]
     return [FROM_TASK, *own] if config.directories_from_task else own
+
+
+def _mode(r: Reader, value: Any, key: str) -> str | None:
+    text = v.string(r, value, key)
+    if text is not None and text not in MODES:
+        r.error(key, f"must be {' or '.join(MODES)}, not {text!r}")
+        return None
+    return text
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,9 @@ class AgentConfig:
     # Set by `directories: from_task`; not a key of its own.
     directories_from_task: bool = False
     exclude_from_task: bool | None = v.key(read=v.boolean)  # None: as directories_from_task
+    mode: str | None = v.key(read=_mode, cli="--quick")  # None: the task's, else content
+    # Seconds two mtimes may differ in quick mode, as rsync's --modify-window (0: same second).
+    modify_window: int = v.key(0, v.integer(minimum=0), cli="--modify-window")
     auth: AuthConfig = v.section(AuthConfig)
     tls: TlsConfig = v.section(TlsConfig)
     ssh: SshConfig = v.section(SshConfig)
@@ -216,6 +229,10 @@ class AgentConfig:
         if self.target is None:
             return None
         return join_target(self.target, directory.path)
+
+    @property
+    def verify_mode(self) -> str:
+        return self.mode or MODES[0]
 
     @property
     def excludes_from_task(self) -> bool:

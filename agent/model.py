@@ -69,6 +69,8 @@ class DirResult:
     hash_via: str = ""  # how the target computed it: python-xxhash, libxxhash, xxh128sum or hashlib
     error: str | None = None  # set when the directory could not be verified as a whole
     notes: tuple[str, ...] = field(default_factory=tuple)
+    mode: str = "content"  # or "quick": size and mtime compared, no content read
+    modify_window: int = 0  # quick mode: seconds two mtimes may differ
 
     @property
     def uploadable(self) -> bool:

@@ -69,7 +69,10 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
         ))  # fmt: skip
     lines = table(headers, rows, left={0})
     lines += [f"{escape(r.dir_check)}: NOT VERIFIED: {r.error}" for r in results if r.error]
-    for machine, algorithm, via in hashing(results):
+    quick = [r for r in results if r.mode == "quick"]
+    if quick:
+        lines.append(mode_line(quick[0].modify_window))
+    for machine, algorithm, via in hashing([r for r in results if r.mode != "quick"]):
         fallback = (
             " (fallback: no xxh3 there: no xxhash module, libxxhash or xxh128sum)"
             if algorithm != ALGORITHMS[0]
@@ -85,6 +88,12 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
         verdict = "differences found"
     lines.append(f"{verdict}; {human_bytes(total_bytes)} hashed in {elapsed:.1f}s")
     return lines
+
+
+def mode_line(window: int) -> str:
+    """What a quick check compared, said wherever its result is shown."""
+    when = "in the same second" if window == 0 else f"at most {window} s apart"
+    return f"mode: quick (same type and size, modification times {when}; no content read)"
 
 
 def hashing(results: Sequence[DirResult]) -> list[tuple[str, str, str]]:
@@ -105,6 +114,7 @@ def verify_document(
         "consistency_result": [r.entry().to_api() for r in results if r.uploadable],
         "directories": [result_document(r) for r in results],
         "consistent": all(r.uploadable and r.counts.consistent for r in results),
+        "mode": "quick" if results and all(r.mode == "quick" for r in results) else "content",
         "hashing": [
             {"target": machine, "hash_algorithm": algorithm, "hash_via": via}
             for machine, algorithm, via in hashing(results)
@@ -131,6 +141,8 @@ def result_document(r: DirResult) -> dict[str, Any]:
         "cache_hits": c.cache_hits,
         "hash_algorithm": r.hash_algorithm,
         "hash_via": r.hash_via,
+        "mode": r.mode,
+        "modify_window": r.modify_window,
         "elapsed_seconds": round(r.elapsed, 3),
         "error": r.error,
         "error_samples": list(r.notes),

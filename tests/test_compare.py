@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.model import Verdict
-from agent.verify.compare import Entry, Kind, judge_digests, merge
+from agent.verify.compare import Entry, Kind, judge_digests, merge, quick_merge
 from agent.verify.report import Tally
 
 D1, D2 = "a" * 32, "b" * 32  # two digests
@@ -158,3 +158,39 @@ def test_an_unlistable_target_makes_source_files_errors_not_missing() -> None:
 )
 def test_judge_digests(src, tgt, verdict) -> None:
     assert judge_digests(*src, *tgt) == verdict
+
+
+S = 1_000_000_000  # a second in nanoseconds
+
+
+# Quick mode: (source, target, window in seconds, verdict of "a"); digests never matter.
+QUICK = {
+    "same second": ([f("a", 9, None, 5 * S)], [f("a", 9, None, 5 * S + S // 2)], 0, SAME),
+    "next second": ([f("a", 9, None, 5 * S)], [f("a", 9, None, 6 * S)], 0, DIFF),
+    "within the window": ([f("a", 9, None, 5 * S)], [f("a", 9, None, 7 * S)], 2, SAME),
+    "outside the window": ([f("a", 9, None, 5 * S)], [f("a", 9, None, 8 * S)], 2, DIFF),
+    "other size, same time": ([f("a", 9, None, 5 * S)], [f("a", 8, None, 5 * S)], 9, DIFF),
+    "empty, same time": ([f("a", 0, "", 5 * S)], [f("a", 0, "", 5 * S)], 0, SAME),
+    "empty, other time": ([f("a", 0, "", 5 * S)], [f("a", 0, "", 9 * S)], 0, DIFF),
+    "before 1970": ([f("a", 9, None, -S - 1)], [f("a", 9, None, -S - 1)], 0, SAME),
+    "links compare their text": ([link("a", "x")], [link("a", "y")], 9, DIFF),
+    "file against link": ([f("a", 1, None, 0)], [link("a", "x")], 9, DIFF),
+}
+
+
+@pytest.mark.parametrize(("src", "tgt", "window", "verdict"), QUICK.values(), ids=list(QUICK))
+def test_quick_merge(src: list[Entry], tgt: list[Entry], window: int, verdict: Verdict) -> None:
+    merged = quick_merge(src, tgt, window)
+    assert merged.to_hash == []  # nothing is ever left to read
+    got = SAME if "a" in merged.identical else next(v for v, n, _ in merged.verdicts if n == "a")
+    assert got is verdict
+    assert len(merged.identical) + len(merged.verdicts) == 1
+
+
+def test_quick_merge_keeps_every_other_rule() -> None:
+    src = [f("empty", 0, "", S), f("gone", 3, None, S), d("sub"), f("z", 4, None, S)]
+    tgt = [f("empty", 0, "", 2 * S), f("new", 3, None, S), d("sub"), f("z", 4, None, S)]
+    merged = quick_merge(src, tgt, 0)
+    assert merged.identical == ["z"] and merged.subdirs == [("sub", True, True)]
+    assert sorted((n, v) for v, n, _ in merged.verdicts) == [
+        ("empty", DIFF), ("gone", MISS), ("new", MORE)]  # fmt: skip

@@ -91,7 +91,8 @@ def test_describe_shows_every_key_with_secrets_masked() -> None:
     # Every section and key of the YAML shows up, so `config check` hides nothing.
     assert list(shown) == [
         "source", "endpoint", "task_id", "allow_insecure_http", "state_dir", "target",
-        "one_file_system", "exclude", "directories", "exclude_from_task", "auth", "tls", "ssh",
+        "one_file_system", "exclude", "directories", "exclude_from_task", "mode",
+        "modify_window", "auth", "tls", "ssh",
         "schedule", "limits", "upload", "cache", "metrics"]  # fmt: skip
     assert set(shown["ssh"]) == {"identity_file", "port", "options", "connect_timeout", "python"}
 

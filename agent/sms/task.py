@@ -252,6 +252,8 @@ def apply_settings(config: AgentConfig, task: TaskSettings) -> AgentConfig:
         changes["directories"] = tuple(
             replace(d, target=d.target.replace(TASK_HOST, host)) if d.target else d for d in source
         )
+    if config.mode is None and task.mode is not None:  # the YAML or --quick wins
+        changes["mode"] = task.mode
     if task.io_limit_mb:  # the stricter of the two limits
         mine = config.limits.read_mb_per_s
         limit = min(mine, task.io_limit_mb) if mine else task.io_limit_mb

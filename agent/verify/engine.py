@@ -84,6 +84,8 @@ class Engine:
             hash_via=self.target.via,
             error=error,
             notes=tuple(sink.tally.samples),
+            mode="content" if plan.quick is None else "quick",
+            modify_window=plan.quick or 0,
         )
 
     def _walk(self, plan: DirPlan, sink: ResultSink) -> None:
@@ -129,6 +131,7 @@ class _Walk:
         self.devs = devs
         self.rules = plan.rules
         self.one_file_system = plan.one_file_system
+        self.quick = plan.quick
         self.sink = sink
         self.rows: RowBook | None = None
         if engine.cache is not None:
@@ -190,6 +193,8 @@ class _Walk:
             # directory: a file with no counterpart is never read.
             speculate = folder.on_src and folder.on_tgt and not folder.target_unreadable
             options: dict[str, Any] = {"hash": speculate}
+            if self.quick is not None:  # size and mtime only: nothing is read
+                options = {"hash": False, "mtimes": True}
             if self.one_file_system:
                 options["same_dev"] = self.devs[side]
             row = None
@@ -247,7 +252,7 @@ class _Walk:
         folder.scans[side] = scan
 
     def _merge(self, folder: Folder) -> None:
-        self.stack.extend(folder.merge(self.rules, self.sink))
+        self.stack.extend(folder.merge(self.rules, self.sink, self.quick))
         if folder.pairs:
             for side in (SOURCE, TARGET):
                 self._send_hash_chunks(folder, side, folder.unread(side))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ..model import Verdict
-from .compare import DIR, Entry, Side, judge_digests, merge
+from .compare import DIR, Entry, Side, judge_digests, merge, quick_merge
 from .excludes import ExcludeRules
 from .report import ResultSink
 from .wire import Digests, DirScan, ScanFailure, entries_of
@@ -51,9 +51,12 @@ class Folder:
             self.target_unreadable = reason
             self.target_unlisted = True
 
-    def merge(self, rules: ExcludeRules, sink: ResultSink) -> list[Folder]:
+    def merge(
+        self, rules: ExcludeRules, sink: ResultSink, quick: int | None = None
+    ) -> list[Folder]:
         """Settle what the two scans decide and return the subdirectories to walk; the
-        same-size pairs still to be read are left in `pairs`."""
+        same-size pairs still to be read are left in `pairs` (none in quick mode: `quick`
+        is then the modify window, in seconds)."""
         src, tgt = self.scans.get(SOURCE), self.scans.get(TARGET)
         self.scans = {}  # the listings are no longer needed
         if self.source_unreadable:
@@ -78,10 +81,13 @@ class Folder:
             return [
                 Folder(self.prefix + name.encode("latin-1"), True, True) for name in src.subdirs
             ]
-        merged = merge(
-            self._entries(src, rules), self._entries(tgt, rules),
-            target_unreadable=self.target_unreadable,
-        )  # fmt: skip
+        src_entries, tgt_entries = self._entries(src, rules), self._entries(tgt, rules)
+        if quick is None:
+            merged = merge(src_entries, tgt_entries, target_unreadable=self.target_unreadable)
+        else:
+            merged = quick_merge(
+                src_entries, tgt_entries, quick, target_unreadable=self.target_unreadable
+            )
         prefix = self.prefix
         sink.tally.specials += merged.specials
         sink.identical(self.rel, "/".join(merged.identical))

@@ -432,7 +432,8 @@ class Worker:
         hashed on request. With options["remember"], cache_row is this directory's hash cache
         row (made on device options["cache_dev"]): a file whose inode, size, mtime and ctime
         match keeps its digest unread, and the row to store is made. With options["same_dev"],
-        directories on other devices are not entered (one_file_system). Returns a summary,
+        directories on other devices are not entered (one_file_system). With options["mtimes"]
+        (quick mode) an empty file carries its mtime too. Returns a summary,
         the listing and the cache row to store if "new_row" in the summary says so; "complete"
         in the summary says every file has its digest and nothing failed, so two equal
         listings mean two identical directories."""
@@ -440,6 +441,7 @@ class Worker:
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
         same_dev = options.get("same_dev")
+        empty_mtime = bool(options.get("mtimes"))
         pseudo = self.pseudo
         dir_fd = _open_dir(folder)
         try:
@@ -498,7 +500,10 @@ class Worker:
                                 opened_empty += 1
                                 if opened_empty > 8 and opened_empty * 2 > files_read:
                                     open_first = False
-                            append([name.decode("latin-1"), "f", 0, ""])
+                            if empty_mtime:
+                                append([name.decode("latin-1"), "f", 0, "", st.st_mtime_ns])
+                            else:
+                                append([name.decode("latin-1"), "f", 0, ""])
                             continue
                         mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
                         key = (st.st_ino, size, mtime, ctime)

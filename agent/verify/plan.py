@@ -25,6 +25,7 @@ class DirPlan:
     target: TargetSpec
     rules: ExcludeRules  # the configured excludes and the agent's own state directory
     one_file_system: bool
+    quick: int | None = None  # quick mode's modify window in seconds; None: compare content
 
 
 def check_targets(config: AgentConfig, directories: Sequence[DirectoryConfig]) -> None:
@@ -75,6 +76,7 @@ def plan_directories(config: AgentConfig, directories: Sequence[DirectoryConfig]
                 target=parse_target(target_text),
                 rules=exclude_rules(config, directory),
                 one_file_system=config.one_file_system,
+                quick=config.modify_window if config.verify_mode == "quick" else None,
             )
         )
     return plans

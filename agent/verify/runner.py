@@ -123,7 +123,8 @@ def run_verification(
     stop = stop or threading.Event()
     results: list[DirResult] = []
     with ExitStack() as stack:
-        cache = open_cache(config, use_cache)
+        # Quick mode reads no file, so it has no digest to look up or to keep.
+        cache = open_cache(config, use_cache and config.verify_mode == "content")
         if cache is not None:
             stack.callback(cache.close)
         pools = _Pools(config, stack)
