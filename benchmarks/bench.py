@@ -35,6 +35,8 @@ DISK_RESERVE = GIB  # leave this much free on a shared machine
 TAIL = 2000  # characters of a tool's stderr quoted when it fails
 
 RSYNC_FLAGS = ["-rlcn", "--delete", "--checksum-choice=xxh128"]
+# rsync's quick check (size and modification time), the peer of `smsagent verify --quick`.
+RSYNC_QUICK_FLAGS = ["-rln", "--delete"]
 # `%i %n` without the default `%L`: a symlink line then holds only its name, not `name -> text`,
 # which would be ambiguous when either contains " -> ".
 RSYNC_ITEMIZE = ["--itemize-changes", "--out-format=%i %n"]
@@ -103,6 +105,7 @@ class CaseSpec:
     relay_ms: float = 0  # over SSH through a loopback relay that delays each chunk this long
     rclone: bool = True  # rclone is run locally only, and not on case 6's million files
     sum_rss: bool = False  # sample the RSS of all the tool's processes together
+    quick: bool = False  # the agent's --quick beside rsync's own quick check; nothing is read
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ CASES = [
         "5R", "case 5 with 15 ms added each way", "small", ssh=True, relay_ms=15, rclone=False
     ),
     CaseSpec("6", "empty files in ONE directory, 10 missing", "onedir", rclone=False, sum_rss=True),
+    CaseSpec("1Q", "case 1, quick check (size and mtime)", "small", rclone=False, quick=True),
+    CaseSpec(
+        "5Q", "case 5, quick check (size and mtime)", "small", ssh=True, rclone=False, quick=True
+    ),  # fmt: skip
 ]
 
 TARGETS = [
@@ -164,6 +171,8 @@ TARGETS = [
     Target("5R", "rsync", 0.8),
     Target("6", "rsync", 1.0),
     Target("6", None, 150, summed=True),
+    Target("1Q", "rsync", 1.0),
+    Target("5Q", "rsync", 1.0),
 ]
 
 
@@ -324,7 +333,8 @@ def parse_agent_report(lines: Iterable[bytes], dir_check: str) -> Answer:
             raise BenchError(f"the agent reported a path outside {dir_check}: {show(path)}")
         return path[len(prefix) :]
 
-    return parse_combined(lines, relative, "the agent")
+    # A quick check's report opens with a `# mode: quick ...` line.
+    return parse_combined((line for line in lines if line[:1] != b"#"), relative, "the agent")
 
 
 def agent_counts_problem(stdout: bytes, truth: Truth) -> str | None:
@@ -658,10 +668,13 @@ def read_lines(path: Path) -> list[bytes]:
         return f.read().splitlines()
 
 
-def rsync_invocation(tree: Tree, ssh_target: str | None, port: int | None = None) -> Invocation:
+def rsync_invocation(
+    tree: Tree, ssh_target: str | None, port: int | None = None, quick: bool = False
+) -> Invocation:
     dst = f"{ssh_target}:{tree.dst}/" if ssh_target else f"{tree.dst}/"
     remote = ["-e", "ssh -o BatchMode=yes" + (f" -p {port}" if port else "")] if ssh_target else []
-    argv = ["rsync", *RSYNC_FLAGS, *RSYNC_ITEMIZE, *remote, f"{tree.src}/", dst]
+    flags = RSYNC_QUICK_FLAGS if quick else RSYNC_FLAGS
+    argv = ["rsync", *flags, *RSYNC_ITEMIZE, *remote, f"{tree.src}/", dst]
     return Invocation(
         "rsync", argv, frozenset({0}), lambda p: parse_rsync(read_lines(p)), env=RSYNC_ENV
     )
@@ -703,7 +716,7 @@ def agent_invocation(
     state.mkdir(parents=True, exist_ok=True)
     write_agent_config(config, tree, state, opts, spec.ssh, port)
     argv = [opts.agent_cmd, "verify", "--config", str(config), "--no-upload", "--json"]
-    argv += ["--report", str(report)]
+    argv += ["--report", str(report)] + (["--quick"] if spec.quick else [])
 
     def fresh_state() -> None:
         # Cases 4a/4b: the warm-up primes the cache from nothing, so the timed runs hit only
@@ -729,7 +742,7 @@ def invocations(
     """The tools of a case, agent first; rclone is not run over SSH (the spec compares rsync).
     `port`: the SSH port to use instead of ssh's own choice (case 5R's relay)."""
     tools = [] if opts.only_peers else [agent_invocation(spec, tree, opts, port)]
-    tools.append(rsync_invocation(tree, opts.ssh_target if spec.ssh else None, port))
+    tools.append(rsync_invocation(tree, opts.ssh_target if spec.ssh else None, port, spec.quick))
     if spec.rclone:
         tools.append(rclone_invocation(tree))
     return [replace(t, sum_rss=spec.sum_rss) for t in tools]
@@ -972,6 +985,19 @@ def run_case(spec: CaseSpec, opts: Options, log: Callable[[str], None]) -> CaseR
     return result
 
 
+def quick_truth(tree: Tree) -> Truth:
+    """What a size-and-mtime check must find: a file whose content changed with its size and
+    mtime kept (the generator makes some) is identical to it; the rest as recorded."""
+
+    def same_look(name: bytes) -> bool:
+        a, b = os.lstat(tree.src / os.fsdecode(name)), os.lstat(tree.dst / os.fsdecode(name))
+        return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
+
+    answer = tree.truth.answer
+    different = frozenset(n for n in answer.different if not same_look(n))
+    return Truth(tree.truth.total, Answer(different, answer.missing, answer.extra))
+
+
 def time_tools(
     spec: CaseSpec,
     tree: Tree,
@@ -984,13 +1010,14 @@ def time_tools(
     runs = opts.workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     label = f"case{spec.key}"
+    truth = quick_truth(tree) if spec.quick else tree.truth
     for inv in tools:
         if inv.before_warmup:
             inv.before_warmup()
         if inv.before_each:
             inv.before_each()
         log(f"case {spec.key}: warm-up (untimed) {inv.tool}")
-        run_checked(inv, tree.truth, runs, label)
+        run_checked(inv, truth, runs, label)
     for inv in tools:  # the table lists the tools in this order, not in running order
         result.samples.setdefault(inv.tool, [])
     for r, order in enumerate(rotations(tools, opts.repeat), 1):
@@ -999,7 +1026,7 @@ def time_tools(
                 inv.before_each()
             if opts.prewarm:
                 prewarm(tree)
-            sample = run_checked(inv, tree.truth, runs, label)
+            sample = run_checked(inv, truth, runs, label)
             result.samples.setdefault(inv.tool, []).append(sample)
             summed = f", {sample.rss_sum_mb:.0f} MB in all" if inv.sum_rss else ""
             log(
@@ -1205,7 +1232,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="where trees and runs are kept")
     p.add_argument("--repeat", type=int, default=4, help="timed runs per tool (default 4)")
-    p.add_argument("--cases", type=parse_cases, default=parse_cases("1,2,3,4,5,5L,5R,6"))
+    p.add_argument("--cases", type=parse_cases, default=parse_cases("1,2,3,4,5,5L,5R,6,1Q,5Q"))
     p.add_argument(
         "--scale",
         type=positive_float,
