@@ -76,7 +76,7 @@ class Folder:
         ):
             # The common case: two complete scans with the same text are identical
             # directories, settled from the summary without looking at single entries.
-            sink.tally.specials += src.specials
+            sink.tally.skipped_special += src.specials
             sink.settled(sink.identical(self.rel, src.files))
             return [
                 Folder(self.prefix + name.encode("latin-1"), True, True) for name in src.subdirs
@@ -89,7 +89,7 @@ class Folder:
                 src_entries, tgt_entries, quick, target_unreadable=self.target_unreadable
             )
         prefix = self.prefix
-        sink.tally.specials += merged.specials
+        sink.tally.skipped_special += merged.specials
         sink.identical(self.rel, "/".join(merged.identical))
         for verdict, name, reason in merged.verdicts:
             sink.verdict(verdict, prefix + name.encode("latin-1"), reason)

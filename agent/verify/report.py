@@ -4,7 +4,7 @@ escaping rule for the paths shown in reports, logs and JSON."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import IO, Callable, Protocol
 
 from ..model import DirCounts, Verdict
@@ -88,7 +88,7 @@ class ReportWriter:
 
 @dataclass
 class Tally:
-    """One directory's counts as verdicts come in."""
+    """One directory's counts as verdicts come in (the fields of DirCounts, and samples)."""
 
     total: int = 0
     identical: int = 0
@@ -96,7 +96,7 @@ class Tally:
     missing: int = 0
     more: int = 0
     errors: int = 0
-    specials: int = 0
+    skipped_special: int = 0
     bytes_hashed: int = 0
     files_hashed: int = 0
     cache_hits: int = 0
@@ -120,18 +120,7 @@ class Tally:
                 self.errors += 1
 
     def freeze(self) -> DirCounts:
-        return DirCounts(
-            total=self.total,
-            identical=self.identical,
-            different=self.different,
-            missing=self.missing,
-            more=self.more,
-            errors=self.errors,
-            skipped_special=self.specials,
-            bytes_hashed=self.bytes_hashed,
-            files_hashed=self.files_hashed,
-            cache_hits=self.cache_hits,
-        )
+        return DirCounts(**{f.name: getattr(self, f.name) for f in fields(DirCounts)})
 
 
 class ResultSink:
