@@ -21,7 +21,7 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 from .errors import ConfigError
-from .model import MAX_DIR_CHECK, MAX_TASK_ID
+from .model import dir_check_problem, task_id_problem
 from .secret import Secret
 
 # Older spellings accepted in any mapping.
@@ -262,8 +262,9 @@ def patterns(r: Reader, value: Any, key: str) -> tuple[str, ...]:
 
 def task_id(r: Reader, value: Any, key: str) -> str | None:
     text = string(r, value, key)
-    if text is not None and not 1 <= len(text) <= MAX_TASK_ID:
-        r.error(key, f"must be 1 to {MAX_TASK_ID} characters, not {len(text)}")
+    problem = task_id_problem(text) if text is not None else None
+    if problem:
+        r.error(key, problem)
         return None
     return text
 
@@ -303,8 +304,9 @@ def directory(r: Reader, value: Any, key: str) -> str | None:
             return None
         text = os.path.join(r.base, text)
     text = normalise_dir(text)
-    if len(text) > MAX_DIR_CHECK:
-        r.error(key, f"is {len(text)} characters; SMS accepts at most {MAX_DIR_CHECK}")
+    problem = dir_check_problem(text)
+    if problem:
+        r.error(key, problem)
         return None
     return text
 

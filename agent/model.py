@@ -1,9 +1,15 @@
-"""Plain data for verification results and the entries posted to SMS."""
+"""Plain data for verification results and the entries posted to SMS, and the API's limits.
+
+The limits and field names of POST /v3/tasks/{task_id}/consistency-result are defined here
+once; the config, the client, the outbox and the emulator all check against these.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import ValidationError
 
 # Documented limits of POST /v3/tasks/{task_id}/consistency-result.
 MAX_COUNT = 1_000_000
@@ -57,6 +63,41 @@ class ConsistencyEntry:
         return asdict(self)
 
 
+# The five field names of a ConsistencyResult, in the API's order: dir_check, then the counts.
+ENTRY_FIELDS = tuple(f.name for f in fields(ConsistencyEntry))
+COUNT_FIELDS = ENTRY_FIELDS[1:]
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """Why SMS would refuse this task ID, or None."""
+    if not 1 <= len(task_id) <= MAX_TASK_ID:
+        return f"must be 1 to {MAX_TASK_ID} characters, not {len(task_id)}"
+    return None
+
+
+def dir_check_problem(dir_check: str) -> str | None:
+    """Why SMS would refuse this `dir_check`, or None."""
+    if len(dir_check) > MAX_DIR_CHECK:
+        return f"is {len(dir_check)} characters; SMS accepts at most {MAX_DIR_CHECK}"
+    return None
+
+
+def validate_entry(entry: ConsistencyEntry) -> None:
+    """Every documented limit of one entry; checked once, on its way into the outbox."""
+    if not isinstance(entry.dir_check, str):
+        raise ValidationError(f"dir_check {entry.dir_check!r} is not a string")
+    problem = dir_check_problem(entry.dir_check)
+    if problem:
+        raise ValidationError(f"dir_check {entry.dir_check[:60]!r}... {problem}")
+    for name in COUNT_FIELDS:
+        value = getattr(entry, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise ValidationError(
+                f"{entry.dir_check}: {name} is {value!r}; "
+                f"SMS accepts whole numbers 0 to {MAX_COUNT}"
+            )
+
+
 @dataclass(frozen=True)
 class DirResult:
     """The outcome of verifying one directory against its target."""
@@ -79,22 +120,13 @@ class DirResult:
 
     def entry(self, limit: int = MAX_COUNT) -> ConsistencyEntry:
         """The API entry, with each count clamped to the documented maximum."""
-        c = self.counts
-        return ConsistencyEntry(
-            dir_check=self.dir_check,
-            num_total_files=min(c.total, limit),
-            num_different_files=min(c.different, limit),
-            num_target_miss_files=min(c.missing, limit),
-            num_target_more_files=min(c.more, limit),
-        )
+        return ConsistencyEntry(self.dir_check, *(min(n, limit) for n in self._api_counts()))
 
     def clamped_fields(self, limit: int = MAX_COUNT) -> list[str]:
         """Names of the API fields whose true count is above the limit."""
+        return [name for name, n in zip(COUNT_FIELDS, self._api_counts()) if n > limit]
+
+    def _api_counts(self) -> tuple[int, int, int, int]:
+        """The counts in the order of COUNT_FIELDS."""
         c = self.counts
-        pairs = [
-            ("num_total_files", c.total),
-            ("num_different_files", c.different),
-            ("num_target_miss_files", c.missing),
-            ("num_target_more_files", c.more),
-        ]
-        return [name for name, value in pairs if value > limit]
+        return c.total, c.different, c.missing, c.more

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import StateError
+from agent.errors import StateError, ValidationError
 from agent.sms.outbox import Outbox
 
 from .sms_helpers import entry
@@ -31,6 +31,13 @@ def test_files_are_private_and_wal(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(state / "agent.db").st_mode) == 0o600
     with sqlite3.connect(state / "agent.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_entry_outside_the_limits_is_refused_before_anything_is_queued(tmp_path: Path) -> None:
+    with Outbox(tmp_path) as box:
+        with pytest.raises(ValidationError, match="num_total_files is 1000001"):
+            box.add("T", [entry("/ok"), entry("/big", 1_000_001)])
+        assert box.pending() == [] and box.last_results() == []
 
 
 def test_newer_result_replaces_pending_and_its_backoff(tmp_path: Path) -> None:

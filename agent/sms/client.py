@@ -21,16 +21,10 @@ import requests
 from .. import __version__
 from ..config import AgentConfig, IamConfig
 from ..errors import AuthError, ConfigError, UploadError, ValidationError
-from ..model import (
-    MAX_COUNT,
-    MAX_DIR_CHECK,
-    MAX_ENTRIES_PER_REQUEST,
-    MAX_TASK_ID,
-    ConsistencyEntry,
-)
+from ..model import MAX_ENTRIES_PER_REQUEST, ConsistencyEntry, task_id_problem
 from ..secret import Secret
 from .auth import Credentials, credentials_for, iam_auth_body, parse_expires_at
-from .remote import COUNT_FIELDS, RemoteResult, parse_result_list
+from .remote import RemoteResult, parse_result_list
 
 # The API gateway refuses an AK/SK signature dated further than this from its own clock.
 GATEWAY_MAX_SKEW = 15 * 60
@@ -93,9 +87,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def validate_request(task_id: str, entries: Sequence[ConsistencyEntry]) -> None:
-    """Every documented limit, checked before sending, so the operator sees why and not a 400."""
-    if not 1 <= len(task_id) <= MAX_TASK_ID:
-        raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters, not {len(task_id)}")
+    """The limits of a request, checked before sending, so the operator sees why and not a 400.
+    Each entry was checked on its way into the outbox (`model.validate_entry`)."""
+    problem = task_id_problem(task_id)
+    if problem:
+        raise ValidationError(f"task_id {problem}")
     if not entries:
         raise ValidationError("refusing to post an empty consistency_result list")
     if len(entries) > MAX_ENTRIES_PER_REQUEST:
@@ -104,25 +100,9 @@ def validate_request(task_id: str, entries: Sequence[ConsistencyEntry]) -> None:
         )
     seen: set[str] = set()
     for entry in entries:
-        validate_entry(entry)
         if entry.dir_check in seen:
             raise ValidationError(f"{entry.dir_check!r} appears twice in one request")
         seen.add(entry.dir_check)
-
-
-def validate_entry(entry: ConsistencyEntry) -> None:
-    if not isinstance(entry.dir_check, str) or len(entry.dir_check) > MAX_DIR_CHECK:
-        raise ValidationError(
-            f"dir_check {entry.dir_check[:60]!r}... is {len(entry.dir_check)} characters; "
-            f"SMS accepts at most {MAX_DIR_CHECK}"
-        )
-    for name in COUNT_FIELDS:
-        value = getattr(entry, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            raise ValidationError(
-                f"{entry.dir_check}: {name} is {value!r}; "
-                f"SMS accepts whole numbers 0 to {MAX_COUNT}"
-            )
 
 
 def make_session(ca_bundle: Path | None = None) -> requests.Session:
@@ -176,8 +156,9 @@ class SmsClient:
 
     def task_url(self, task_id: str, operation: str = "") -> str:
         """`{endpoint}/v3/tasks/{task_id}` plus an operation such as `/consistency-result`."""
-        if not 1 <= len(task_id) <= MAX_TASK_ID:
-            raise ValidationError(f"task_id must be 1 to {MAX_TASK_ID} characters")
+        problem = task_id_problem(task_id)
+        if problem:
+            raise ValidationError(f"task_id {problem}")
         return f"{self.endpoint}/v3/tasks/{quote(task_id, safe='')}{operation}"
 
     def url(self, task_id: str) -> str:

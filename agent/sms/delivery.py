@@ -21,7 +21,6 @@ from .client import (
     backoff_delay,
     disposition,
     open_client,
-    validate_entry,
 )
 from .outbox import Counts, LastResult, Outbox, Pending
 
@@ -81,8 +80,6 @@ def enqueue(
     good = [r for r in results if r.uploadable]
     failed = tuple(r.dir_check for r in results if not r.uploadable)
     entries = [r.entry() for r in good]
-    for entry in entries:
-        validate_entry(entry)
     with Outbox(config.state_dir, clock) as box:
         for r in results:
             if not r.uploadable:
@@ -162,9 +159,6 @@ def _send(
     rand: Callable[[], float],
 ) -> bool:
     """POST one batch and record the outcome; False when the task's other batches must wait."""
-    batch = _drop_invalid(box, task_id, batch)
-    if not batch:
-        return True
     tally.requests += 1
     try:
         client.post_results(task_id, [p.entry for p in batch])
@@ -199,20 +193,6 @@ def classify(exc: UploadError | ValidationError) -> Disposition:
     if isinstance(exc, AuthError) and (exc.status is None or kind is Disposition.PERMANENT):
         return Disposition.SLOW  # no token configured, IAM refusing the login, ...
     return kind
-
-
-def _drop_invalid(box: Outbox, task_id: str, batch: list[Pending]) -> list[Pending]:
-    """Entries that break an API limit can never be delivered: dead letters, not a 400."""
-    valid = []
-    for p in batch:
-        try:
-            validate_entry(p.entry)
-        except ValidationError as exc:
-            box.kill(task_id, [p], "invalid", error_msg=str(exc))
-            log.error("result for %s moved to dead letters: %s", p.entry.dir_check, exc)
-        else:
-            valid.append(p)
-    return valid
 
 
 def _report(box: Outbox, tally: _Tally) -> FlushReport:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from ..config import is_loopback
-from ..model import MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST
+from ..model import COUNT_FIELDS, MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST
 from ..secret import Secret
 from .auth import SDK_DATE_FORMAT, parse_authorization, verify_signature
 from .emulator_tasks import SettingsFileError, TaskBook, settings_document, task_document
@@ -33,12 +33,6 @@ UTC = timezone.utc  # datetime.UTC is 3.11
 _PATH = re.compile(r"^/v3/tasks/([^/]+)(/consistency-result|/configuration-setting)?/?$")
 # The API gateway refuses a signature whose X-Sdk-Date is further than this from its clock.
 MAX_CLOCK_SKEW = 15 * 60
-_COUNTS = (
-    "num_total_files",
-    "num_different_files",
-    "num_target_miss_files",
-    "num_target_more_files",
-)
 
 
 @dataclass
@@ -440,7 +434,8 @@ def _validate(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
         return [], "consistency_result is missing or not a list"
     entries = data["consistency_result"]
     if len(entries) > MAX_ENTRIES_PER_REQUEST:
-        return [], f"consistency_result has {len(entries)} items, at most 30 are allowed"
+        most = MAX_ENTRIES_PER_REQUEST
+        return [], f"consistency_result has {len(entries)} items, at most {most} are allowed"
     for index, entry in enumerate(entries):
         where = f"consistency_result[{index}]"
         if not isinstance(entry, dict):
@@ -448,7 +443,7 @@ def _validate(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
         dir_check = entry.get("dir_check")
         if not isinstance(dir_check, str) or len(dir_check) > MAX_DIR_CHECK:
             return [], f"{where}.dir_check is missing or longer than {MAX_DIR_CHECK}"
-        for name in _COUNTS:
+        for name in COUNT_FIELDS:
             value = entry.get(name)
             if isinstance(value, bool) or not isinstance(value, int):
                 return [], f"{where}.{name} is missing or not an integer"

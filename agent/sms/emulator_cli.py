@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..model import MAX_TASK_ID
+from ..model import task_id_problem
 from .emulator import MAX_CLOCK_SKEW, Emulator
 
 
@@ -60,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     for task in args.task_ids or []:
-        if not 1 <= len(task) <= MAX_TASK_ID:
-            parser.error(f"--task-id must be 1 to {MAX_TASK_ID} characters")
+        problem = task_id_problem(task)
+        if problem:
+            parser.error(f"--task-id {problem}")
     settings = {}
     for item in args.setting:
         key, sep, value = item.partition("=")

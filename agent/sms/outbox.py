@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StateError
-from ..model import ConsistencyEntry
+from ..model import ConsistencyEntry, validate_entry
 
 DB_NAME = "agent.db"
 
@@ -142,9 +142,12 @@ class Outbox:
     # --- writes ---
 
     def add(self, task_id: str, entries: Iterable[ConsistencyEntry]) -> int:
-        """Queue results; a newer result for a pending directory replaces it (and its backoff)."""
+        """Queue results; a newer result for a pending directory replaces it (and its backoff).
+        Each entry is checked against the API's limits here, once: what is queued can be sent."""
         now = self._clock()
         entries = list(entries)
+        for entry in entries:
+            validate_entry(entry)
 
         def run(db: sqlite3.Connection) -> None:
             for entry in entries:

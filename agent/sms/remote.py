@@ -12,14 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import ConsistencyEntry
-
-COUNT_FIELDS = (
-    "num_total_files",
-    "num_different_files",
-    "num_target_miss_files",
-    "num_target_more_files",
-)
+from ..model import COUNT_FIELDS, ConsistencyEntry
 
 
 @dataclass(frozen=True)
