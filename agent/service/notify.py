@@ -51,10 +51,6 @@ class Notifier:
     def from_env(cls, environ: Mapping[str, str]) -> Notifier:
         return cls(socket_address(environ.get("NOTIFY_SOCKET", "")))
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, *lines: str) -> bool:
         """Send `KEY=value` lines as one datagram; False when nothing could be sent."""
         if self.address is None:

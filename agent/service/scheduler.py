@@ -85,7 +85,6 @@ class DirState:
     path: str
     next_due: float
     last_start: float | None = None
-    last_end: float | None = None
     running: bool = False
     requested: bool = False  # the watcher saw a change: verify again, window or not
 
@@ -139,7 +138,7 @@ class Scheduler:
             state = self.states.get(path)
             if state is None:  # dropped from the config while it ran
                 continue
-            state.running, state.last_end = False, now
+            state.running = False
             state.next_due = self._due(state.last_start, now, fraction)
 
     def request(self, path: str) -> bool:

@@ -48,10 +48,6 @@ class FlushReport:
     next_try: float | None = None
     errors: tuple[str, ...] = ()
 
-    @property
-    def complete(self) -> bool:
-        return self.pending == 0
-
 
 @dataclass(frozen=True)
 class StatusReport:
@@ -205,12 +201,6 @@ def _report(box: Outbox, tally: _Tally) -> FlushReport:
         next_try=counts.next_try,
         errors=tuple(tally.errors),
     )
-
-
-def next_try(config: AgentConfig) -> float | None:
-    """When the daemon should flush next (a Unix time), or None when nothing is pending."""
-    with Outbox(config.state_dir) as box:
-        return box.next_try()
 
 
 def status(config: AgentConfig) -> StatusReport:
