@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,13 +160,11 @@ def verify(
         # The combined format's lines start with a mark; a quick check says so first.
         report_file.write(f"# {output.mode_line(config.modify_window)}\n")
     progress = _Progress() if sys.stdout.isatty() and not as_json else None
-    stop = threading.Event()
     try:
         results = run_verification(
             config,
             config.directories,
             use_cache=not no_cache,
-            stop=stop,
             report=ReportWriter(report_file) if report_file else None,
             progress=progress,
         )

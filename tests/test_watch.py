@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.service.watch import Debouncer, WatchedDir, Watcher, affected, excluded_path
+from agent.config import parse_config
+from agent.service.watch import (
+    Debouncer,
+    WatchControl,
+    WatchedDir,
+    Watcher,
+    affected,
+    excluded_path,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaked_threads")
 
@@ -156,7 +164,7 @@ def test_a_watcher_that_cannot_start_warns_once(
 ) -> None:
     watcher = Watcher([WatchedDir(str(tmp_path / "missing"))], debounce=0.1, on_change=print)
     assert not watcher.start()
-    assert not watcher.check() and not watcher.running
+    assert not watcher.check()  # for good: no observer is left running (no_leaked_threads)
     watcher.stop()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "schedule.interval" in warnings[0].getMessage()
@@ -208,3 +216,66 @@ def test_running_out_of_inotify_watches_is_detected(tmp_path: Path) -> None:
     assert "started False check False" in proc.stdout
     assert proc.stderr.count("WARNING") == 1
     assert "max_user_watches" in proc.stderr
+
+
+# --- the daemon's watcher across reloads ---
+
+
+def watching(tree: Path, **schedule: object):
+    return parse_config({"target": "/t", "directories": [str(tree)], "state_dir": str(tree / "st"),
+                         "schedule": {"watch": True, "debounce": 0.1, **schedule}})  # fmt: skip
+
+
+def adopted(control: WatchControl, woke: threading.Semaphore, starts: int = 1) -> Watcher | None:
+    for _ in range(starts):
+        assert woke.acquire(timeout=10), "a watcher start never finished"
+    control.adopt()
+    return control.current
+
+
+def test_watch_control_keeps_only_the_newest_watcher(tree: Path) -> None:
+    woke = threading.Semaphore(0)
+    control = WatchControl(wake=woke.release)
+    try:
+        first = watching(tree)
+        control.follow(first)
+        kept = adopted(control, woke)
+        assert kept is not None and kept.debouncer.quiet == 0.1
+        assert kept.ignored and os.fsencode(tree / "st") in kept.ignored
+        control.follow(first, old=first)  # a reload that changes nothing the watcher uses
+        assert control.current is kept
+        # Two reloads in a row: the watcher made for the first is stopped, not adopted.
+        control.follow(watching(tree, debounce=0.2), old=first)
+        assert control.current is None
+        control.follow(watching(tree, debounce=0.3), old=first)
+        newest = adopted(control, woke, starts=2)
+        assert newest is not None and newest.debouncer.quiet == 0.3
+        control.follow(watching(tree, watch=False), old=first)  # watching switched off
+        assert control.current is None
+    finally:
+        control.close()
+
+
+def test_watch_control_drops_a_watcher_that_fails(tmp_path: Path) -> None:
+    woke = threading.Semaphore(0)
+    control = WatchControl(wake=woke.release)
+    try:
+        control.follow(watching(tmp_path / "missing"))
+        assert adopted(control, woke) is None
+    finally:
+        control.close()
+
+
+def test_watch_control_hands_back_settled_changes(tree: Path) -> None:
+    woke = threading.Semaphore(0)
+    control = WatchControl(wake=woke.release)
+    try:
+        control.follow(watching(tree))
+        assert adopted(control, woke) is not None
+        assert control.take_changed() == []
+        (tree / "sub" / "new.txt").write_text("new")
+        assert woke.acquire(timeout=10), "the change never settled"
+        assert control.take_changed() == [str(tree)]
+        assert control.take_changed() == []  # each change is handed back once
+    finally:
+        control.close()

@@ -3,6 +3,7 @@
 The only module that imports watchdog. inotify is a best effort: when the observer cannot start,
 dies, or the kernel's watch limit runs out (watchdog then silently skips new subdirectories),
 the watcher logs one warning and reports itself unhealthy so the daemon falls back to the interval.
+`WatchControl` keeps the daemon's one watcher across reloads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.inotify import InotifyObserver
+
+from ..config import AgentConfig
+from ..verify.plan import exclude_rules
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +134,6 @@ class Debouncer:
             self._last[key] = now
             self._cond.notify()
 
-    def pending(self) -> list[str]:
-        with self._cond:
-            return sorted(self._last)
-
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stopped = True
@@ -193,10 +193,6 @@ class Watcher:
         self.debouncer = Debouncer(debounce, on_change, clock=clock)
         self._observer: InotifyObserver | None = None
         self._failed = False
-
-    @property
-    def running(self) -> bool:
-        return self._observer is not None and not self._failed
 
     def start(self) -> bool:
         """Start watching; False (after one warning) when inotify cannot be used."""
@@ -267,6 +263,108 @@ class Watcher:
                 observer.join(5)
         except Exception:  # stopping is best effort; a broken observer must not crash us
             log.debug("stopping the observer failed", exc_info=True)
+
+
+def watched_dirs(config: AgentConfig) -> list[WatchedDir]:
+    """The configured directories, each with the exclude rules the engine applies inside it."""
+    return [WatchedDir(d.path, exclude_rules(config, d).excluded) for d in config.directories]
+
+
+def _inputs(config: AgentConfig) -> tuple[object, ...]:
+    """What a watcher is made from."""
+    s = config.schedule
+    return (s.watch, s.debounce, config.directories, config.exclude, config.state_dir)
+
+
+class WatchControl:
+    """The daemon's one watcher across reloads.
+
+    Adding a watch for every directory of a big tree takes a while, and the daemon's loop must
+    keep answering systemd's watchdog meanwhile: each watcher starts on a thread of its own and
+    is handed back to the loop through `adopt()`. A watcher started for a configuration that
+    has since been replaced (an older generation) is stopped instead of adopted."""
+
+    def __init__(self, wake: Callable[[], None]):
+        self._wake = wake  # tells the daemon's loop that a start finished or a change settled
+        self._lock = threading.Lock()  # guards what other threads hand back
+        self._started: list[tuple[int, Watcher, bool]] = []
+        self._changed: list[str] = []
+        self._generation = 0
+        self._closed = False
+        self.current: Watcher | None = None
+
+    def follow(self, config: AgentConfig, old: AgentConfig | None = None) -> None:
+        """Watch `config`'s directories from now on, or nothing if it does not watch. After a
+        reload from `old`, a healthy watcher stays when nothing it is made from changed."""
+        if old is not None and self.current is not None and _inputs(config) == _inputs(old):
+            return
+        dirs = watched_dirs(config) if config.schedule.watch else []
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._drop_current()
+        if not dirs:
+            return
+        debounce, ignored = config.schedule.debounce, [str(config.state_dir)]
+        watcher = Watcher(dirs, debounce=debounce, on_change=self._settled, ignored=ignored)
+
+        def start() -> None:
+            ok = watcher.start()
+            with self._lock:
+                late = self._closed
+                if not late:
+                    self._started.append((generation, watcher, ok))
+            if late:
+                watcher.stop()  # the daemon stopped while this watcher was starting
+            self._wake()
+
+        threading.Thread(target=start, name="smsagent-watch-start", daemon=True).start()
+
+    def take_changed(self) -> list[str]:
+        """The directories whose changes have settled since the last call."""
+        with self._lock:
+            changed, self._changed = self._changed, []
+        return changed
+
+    def _settled(self, path: str) -> None:
+        log.info(
+            "%s: changes settled, verifying it again", path, extra={"ctx": {"directory": path}}
+        )
+        with self._lock:
+            self._changed.append(path)
+        self._wake()
+
+    def adopt(self) -> None:
+        """Take the watchers whose start finished: keep the newest, stop the rest."""
+        with self._lock:
+            started, self._started = self._started, []
+            generation = self._generation
+        for born, watcher, ok in started:
+            if ok and born == generation:
+                self._drop_current()
+                self.current = watcher
+                log.info("watching %d directories for changes", len(watcher.dirs))
+            else:
+                watcher.stop()  # failed (it warned), or made for a config since replaced
+
+    def check(self) -> None:
+        """Drop a watcher that stopped working (it warned); the interval still applies."""
+        if self.current is not None and not self.current.check():
+            self._drop_current()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+            late, self._started = self._started, []
+        self._drop_current()
+        for _, watcher, _ in late:
+            watcher.stop()
+
+    def _drop_current(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
 
 
 def _describe(exc: OSError) -> str:

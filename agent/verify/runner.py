@@ -4,7 +4,6 @@ and never let one directory's failure stop the others."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -13,6 +12,7 @@ from ..config import AgentConfig, DirectoryConfig
 from ..errors import AgentError, StateError, TargetError
 from ..model import DirCounts, DirResult
 from .cache import HashCache
+from .cancel import Cancel
 from .channel import Channel, Pool, default_workers
 from .engine import Engine
 from .plan import DirPlan, plan_directories
@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 class _Pools:
     """Helper pools for one run: one per target machine, and source pools per algorithm."""
 
-    def __init__(self, config: AgentConfig, stack: ExitStack):
+    def __init__(self, config: AgentConfig, stack: ExitStack, cancel: Cancel):
         self.config = config
         self.stack = stack
+        self.cancel = cancel  # ends the helpers on a stop, through these pools
         self.workers = config.limits.workers or default_workers()
         self.read_limit = int(config.limits.read_mb_per_s * 1_000_000)
         self._targets: dict[str, Pool] = {}
@@ -42,6 +43,7 @@ class _Pools:
         if self._sources or self._spare:
             return
         self._spare = spawn_local(self.workers)
+        self.cancel.adopt(self._spare)
         self.stack.callback(self._close_spare)
 
     def hang_up(self) -> None:
@@ -66,6 +68,7 @@ class _Pools:
             started=started,
         )
         self.stack.callback(pool.close)
+        self.cancel.adopt(pool.channels)
         if spec.host is not None:
             if pool.algorithm != ALGORITHMS[0]:
                 log.warning(
@@ -114,20 +117,21 @@ def run_verification(
     directories: Sequence[DirectoryConfig],
     *,
     use_cache: bool = True,
-    stop: threading.Event | None = None,
+    stop: Cancel | None = None,
     report: ReportSink | None = None,
     progress: ProgressSink | None = None,
 ) -> list[DirResult]:
-    """One DirResult per directory, in order; a failed directory carries its `error`."""
+    """One DirResult per directory, in order; a failed directory carries its `error`.
+    `stop` ends the run: set, between requests; terminated, its helpers at once."""
     plans = plan_directories(config, directories)  # before any helper starts
-    stop = stop or threading.Event()
+    stop = stop or Cancel()
     results: list[DirResult] = []
     with ExitStack() as stack:
         # Quick mode reads no file, so it has no digest to look up or to keep.
         cache = open_cache(config, use_cache and config.verify_mode == "content")
         if cache is not None:
             stack.callback(cache.close)
-        pools = _Pools(config, stack)
+        pools = _Pools(config, stack, stop)
         for plan in plans:
             results.append(_verify_one(plan, pools, cache, stop, report, progress))
         if cache is not None:
@@ -143,7 +147,7 @@ def _verify_one(
     plan: DirPlan,
     pools: _Pools,
     cache: HashCache | None,
-    stop: threading.Event,
+    stop: Cancel,
     report: ReportSink | None,
     progress: ProgressSink | None,
 ) -> DirResult:
