@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import describe, load_config, parse_config, parse_duration, parse_window, render
+from agent.config import describe, load_config, parse_config, render
 from agent.errors import ConfigError
 
 ERRORS = [
@@ -152,17 +152,3 @@ def test_relative_paths_in_a_file_are_from_its_folder(tmp_path: Path) -> None:
     assert config.directories[0].path == str(tmp_path / "conf" / "demo" / "src")
     assert config.directories[0].target == str(tmp_path / "conf" / "demo" / "dst")
     assert config.state_dir == tmp_path / "conf" / "st"
-
-
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("6h", 21600.0), ("7d", 604800.0),
-    ("250ms", 0.25), (45, 45.0), ("x", None), ("-1", None), (True, None)])  # fmt: skip
-def test_durations(text: object, seconds: float | None) -> None:
-    assert parse_duration(text) == seconds
-
-
-def test_windows() -> None:
-    assert parse_window("01:00-05:00") == (60, 300)
-    assert parse_window("22:30-02:00") == (1350, 120)
-    assert parse_window("25:00-01:00") is None
-    assert parse_window("01:00-01:00") is None

@@ -114,9 +114,13 @@ def test_validate_request(task_id: str, entries: list[ConsistencyEntry], message
         validate_request(task_id, entries)
 
 
-def test_validate_request_accepts_limits() -> None:
-    validate_request("x" * 36, [entry(f"/d{i}", total=1_000_000) for i in range(30)])
-    validate_request("T", [entry("/" + "a" * 1023)])
+def test_a_request_at_every_limit_is_sent_and_accepted(tmp_path: Path) -> None:
+    task = "x" * 36
+    at_limits = [entry(f"/d{i}", total=1_000_000) for i in range(29)] + [entry("/" + "a" * 1023)]
+    validate_request(task, at_limits)  # no ValidationError
+    with Emulator(task_ids=[task], token=TOKEN) as emu:
+        client_for(emu, tmp_path).post_results(task, at_limits)
+        assert emu.received == [[e.to_api() for e in at_limits]]
 
 
 def test_parse_result_list_accepts_objects_and_strings() -> None:

@@ -1,0 +1,94 @@
+"""The daemon's verification job: one run at a time, queued for SMS, never raising, and
+stopped through its cancel handle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, parse_config
+from agent.errors import TargetError
+from agent.model import DirCounts, DirResult
+from agent.service.job import Job, summarize, verify_and_queue
+from agent.sms.outbox import Outbox
+from agent.verify.cancel import Cancel
+
+pytestmark = pytest.mark.usefixtures("no_leaked_threads")
+
+
+def config_for(tmp_path: Path) -> AgentConfig:
+    return parse_config({"state_dir": str(tmp_path / "state"), "target": "/t",
+                         "endpoint": "http://127.0.0.1:9", "task_id": "T",
+                         "directories": ["/a", "/b"]})  # fmt: skip
+
+
+def result(path: str, error: str | None = None, different: int = 0) -> DirResult:
+    counts = DirCounts(total=2, identical=2 - different, different=different)
+    return DirResult(path, "/t" + path, counts, 0.5, error=error)
+
+
+def test_summarize() -> None:
+    results = [result("/a"), result("/b", different=1), result("/c", error="gone")]
+    assert summarize(results, 1.25) == (
+        "3 verified in 1.2s: 1 consistent, 1 with differences, 1 not verified")  # fmt: skip
+
+
+def test_a_run_is_queued_for_sms(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    done = verify_and_queue(lambda c, d, stop: [result(x.path) for x in d], config,
+                            config.directories, Cancel())  # fmt: skip
+    assert (done.paths, done.queued) == (("/a", "/b"), 2)
+    assert done.summary.startswith("2 verified in")
+    with Outbox(config.state_dir) as box:
+        assert sorted(p.entry.dir_check for p in box.pending()) == ["/a", "/b"]
+
+
+def test_a_stopped_run_queues_only_what_finished(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    cancel = Cancel()
+
+    def verify(c: AgentConfig, directories: object, stop: Cancel) -> list[DirResult]:
+        stop.set()  # the stop came while /b was being verified
+        return [result("/a"), result("/b", error="interrupted")]
+
+    done = verify_and_queue(verify, config, config.directories, cancel)
+    assert done.queued == 1
+    with Outbox(config.state_dir) as box:
+        assert [p.entry.dir_check for p in box.pending()] == ["/a"]
+
+
+@pytest.mark.parametrize(("failure", "summary"), [
+    (TargetError("no route to host"), "failed: no route to host"),
+    (RuntimeError("a bug"), "failed with an internal error"),
+])  # fmt: skip
+def test_a_failing_run_never_raises(tmp_path: Path, failure: Exception, summary: str) -> None:
+    config = config_for(tmp_path)
+
+    def verify(*args: object, **kwargs: object) -> list[DirResult]:
+        raise failure
+
+    done = verify_and_queue(verify, config, config.directories, Cancel())
+    assert (done.queued, done.summary) == (0, summary)
+
+
+def test_job_runs_on_its_thread_and_stops_through_its_cancel(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    woke = threading.Semaphore(0)
+    started = threading.Event()
+
+    def verify(c: AgentConfig, directories: object, stop: Cancel) -> list[DirResult]:
+        started.set()
+        stop.wait(30)  # until the job is stopped
+        return []
+
+    job = Job(verify, woke.release, lambda: 0.0)
+    assert not job.busy and job.finished() is None
+    job.start(config, config.directories)
+    assert job.busy and started.wait(10)
+    assert job.finished() is None  # still running
+    job.stop(grace=5, deadline=10)
+    assert woke.acquire(timeout=10)
+    done = job.finished()
+    assert done is not None and done.summary == "interrupted" and not job.busy
