@@ -165,14 +165,9 @@ class MetricsConfig:
 
 def _directories(r: Reader, value: Any, key: str) -> tuple[DirectoryConfig, ...]:
     """A list of paths or of {path, target, exclude} mappings, each path listed once."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        r.error(key, f"must be a list of directories, not {v.type_name(value)}")
-        return ()
     seen: set[str] = set()
     out = []
-    for index, item in enumerate(value):
+    for index, item in enumerate(v.listed(r, value, key, "directories")):
         item_key = f"{key}[{index}]"
         if item == FROM_TASK:  # a marker, taken out by _take_from_task
             out.append(DirectoryConfig(FROM_TASK))

@@ -249,14 +249,20 @@ def path(r: Reader, value: Any, key: str) -> Path | None:
     return Path(r.base) / found if r.base and not found.is_absolute() else found
 
 
+def listed(r: Reader, value: Any, key: str, what: str) -> list[Any]:
+    """The items of a list; a single string is a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        r.error(key, f"must be a list of {what}, not {type_name(value)}")
+        return []
+    return value
+
+
 def patterns(r: Reader, value: Any, key: str) -> tuple[str, ...]:
     """A list of strings; a single string is a list of one."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        r.error(key, f"must be a list of patterns, not {type_name(value)}")
-        return ()
-    found = (string(r, item, f"{key}[{index}]") for index, item in enumerate(value))
+    items = listed(r, value, key, "patterns")
+    found = (string(r, item, f"{key}[{index}]") for index, item in enumerate(items))
     return tuple(text for text in found if text is not None)
 
 
