@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import parse_config
+from agent.config import AgentConfig, parse_config
 from agent.errors import AuthError, ConfigError, UploadError, ValidationError
 from agent.model import ConsistencyEntry
 from agent.sms.client import (
@@ -265,12 +265,17 @@ def test_connection_refused(tmp_path: Path) -> None:
     assert info.value.status is None
 
 
-def test_iam_login_and_renewal_on_401(tmp_path: Path) -> None:
+def iam_login(tmp_path: Path, emu: Emulator, password: str) -> AgentConfig:
+    """A config that logs in to the emulator's IAM as alice with `password`."""
     pw = tmp_path / "pw"
-    pw.write_text("iam-pa55word\n")
+    pw.write_text(password)
+    iam = {"endpoint": emu.url, "domain": "dom", "user": "alice", "password_file": str(pw)}
+    return make_config(tmp_path / "state", emu.url, auth={"token": None, "iam": iam})
+
+
+def test_iam_login_and_renewal_on_401(tmp_path: Path) -> None:
     with Emulator(task_ids=["T"], token=None, iam_users={"alice": "iam-pa55word"}) as emu:
-        iam = {"endpoint": emu.url, "domain": "dom", "user": "alice", "password_file": str(pw)}
-        config = make_config(tmp_path / "state", emu.url, auth={"token": None, "iam": iam})
+        config = iam_login(tmp_path, emu, "iam-pa55word\n")
         client = open_client(config)
         client.post_results("T", [entry("/a")])
         assert emu.logins == 1
@@ -285,11 +290,8 @@ def test_iam_login_and_renewal_on_401(tmp_path: Path) -> None:
 
 
 def test_iam_wrong_password(tmp_path: Path) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("pw-Xy7-guess")
     with Emulator(task_ids=["T"], token=None, iam_users={"alice": "right"}) as emu:
-        iam = {"endpoint": emu.url, "domain": "dom", "user": "alice", "password_file": str(pw)}
-        client = open_client(make_config(tmp_path, emu.url, auth={"token": None, "iam": iam}))
+        client = open_client(iam_login(tmp_path, emu, "pw-Xy7-guess"))
         with pytest.raises(AuthError, match="IAM refused the login of user alice") as info:
             client.post_results("T", [entry()])
         assert "pw-Xy7" not in str(info.value)
@@ -420,11 +422,8 @@ def test_tls_is_verified_and_ca_bundle_is_used(tmp_path: Path, tls_files: dict[s
 
 
 def test_iam_renews_once_only(tmp_path: Path) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("pw")
     with Emulator(task_ids=["T"], token=None, iam_users={"alice": "pw"}) as emu:
-        iam = {"endpoint": emu.url, "domain": "dom", "user": "alice", "password_file": str(pw)}
-        client = open_client(make_config(tmp_path, emu.url, auth={"token": None, "iam": iam}))
+        client = open_client(iam_login(tmp_path, emu, "pw"))
         emu.fail_next(3, status=401)
         with pytest.raises(AuthError, match="freshly issued token was refused too"):
             client.post_results("T", [entry()])
