@@ -57,6 +57,17 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+# Every queued entry gets a new version, so an acknowledgement removes only what was sent.
+_NEXT_VERSION = (
+    "INSERT INTO counters VALUES ('version', 1) ON CONFLICT(name) "
+    "DO UPDATE SET value = value + 1 RETURNING value"
+)
+_BURY = (
+    "INSERT INTO dead_letters (task_id, dir_check, entry, created_at, dead_at, attempts, status, "
+    "error_code, error_msg, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 @dataclass(frozen=True)
 class Pending:
     task_id: str
@@ -151,15 +162,12 @@ class Outbox:
 
         def run(db: sqlite3.Connection) -> None:
             for entry in entries:
-                version = db.execute(
-                    "INSERT INTO counters VALUES ('version', 1) ON CONFLICT(name) "
-                    "DO UPDATE SET value = value + 1 RETURNING value"
-                ).fetchone()[0]
+                version = db.execute(_NEXT_VERSION).fetchone()[0]
                 db.execute(
                     "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, 0, ?, NULL)",
                     (task_id, entry.dir_check, _dump(entry), version, now, now),
                 )
-                self._set_last(db, entry.dir_check, task_id, entry, now, "pending", None)
+                _set_last(db, entry.dir_check, task_id, entry, now, "pending", None)
 
         self._write(run)
         return len(entries)
@@ -169,22 +177,7 @@ class Outbox:
     ) -> None:
         """Remember a result that is not queued (no endpoint, or the directory failed)."""
         now = self._clock()
-        self._write(lambda db: self._set_last(db, dir_check, None, entry, now, state, detail))
-
-    @staticmethod
-    def _set_last(
-        db: sqlite3.Connection,
-        dir_check: str,
-        task_id: str | None,
-        entry: ConsistencyEntry | None,
-        now: float,
-        state: str,
-        detail: str | None,
-    ) -> None:
-        db.execute(
-            "INSERT OR REPLACE INTO last_results VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            (dir_check, task_id, _dump(entry) if entry else None, now, state, detail),
-        )
+        self._write(lambda db: _set_last(db, dir_check, None, entry, now, state, detail))
 
     def delivered(self, task_id: str, sent: Sequence[Pending]) -> int:
         """Remove what a 2xx acknowledged; a result replaced meanwhile stays queued."""
@@ -243,14 +236,9 @@ class Outbox:
                 if not _remove_version(db, task_id, p):
                     continue  # replaced by a newer result meanwhile: that one gets its chance
                 moved += 1
-                db.execute(
-                    "INSERT INTO dead_letters (task_id, dir_check, entry, created_at, dead_at, "
-                    "attempts, status, error_code, error_msg, reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, p.entry.dir_check, _dump(p.entry), p.created_at, now,
-                     p.attempts + (0 if reason == "expired" else 1), status, error_code,
-                     error_msg, reason),
-                )  # fmt: skip
+                attempts = p.attempts + (0 if reason == "expired" else 1)
+                db.execute(_BURY, (task_id, p.entry.dir_check, _dump(p.entry), p.created_at, now,
+                                   attempts, status, error_code, error_msg, reason))  # fmt: skip
                 db.execute(
                     "UPDATE last_results SET state = 'dead', detail = ? "
                     "WHERE dir_check = ? AND task_id = ? AND entry = ?",
@@ -302,17 +290,11 @@ class Outbox:
             "SELECT reason, status, error_code, error_msg FROM dead_letters "
             "ORDER BY id DESC LIMIT 1"
         )
-        dead_text = None
-        if dead_err:
-            reason, status, code, msg = dead_err[0]
-            dead_text = " ".join(
-                str(p) for p in (reason, status, code and f"{code}:", msg) if p is not None
-            )
         return Counts(
             pending=pending,
             dead=dead,
             last_pending_error=pend_err[0][0] if pend_err else None,
-            last_dead_error=dead_text,
+            last_dead_error=_dead_text(*dead_err[0]) if dead_err else None,
             next_try=next_try,
         )
 
@@ -325,6 +307,26 @@ class Outbox:
             LastResult(r[0], r[1], _load(r[2]) if r[2] else None, r[3], r[4], r[5], r[6])
             for r in rows
         ]
+
+
+def _set_last(
+    db: sqlite3.Connection,
+    dir_check: str,
+    task_id: str | None,
+    entry: ConsistencyEntry | None,
+    now: float,
+    state: str,
+    detail: str | None,
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO last_results VALUES (?, ?, ?, ?, ?, ?, NULL)",
+        (dir_check, task_id, _dump(entry) if entry else None, now, state, detail),
+    )
+
+
+def _dead_text(reason: str, status: int | None, code: str | None, msg: str | None) -> str:
+    """A dead letter's reason and the server's answer on one line: `rejected 400 SMS.1:` ..."""
+    return " ".join(str(p) for p in (reason, status, code and f"{code}:", msg) if p is not None)
 
 
 def _remove_version(db: sqlite3.Connection, task_id: str, p: Pending) -> int:
