@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from agent.secret import Secret
-from agent.sms.auth import sign_request
 from agent.sms.emulator import Emulator
+from agent.sms.signer import sign_request
 
 from .sms_helpers import entry
 

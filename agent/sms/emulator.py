@@ -25,8 +25,8 @@ from urllib.parse import parse_qs
 from ..config import is_loopback
 from ..model import COUNT_FIELDS, MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST
 from ..secret import Secret
-from .auth import SDK_DATE_FORMAT, parse_authorization, verify_signature
 from .emulator_tasks import SettingsFileError, TaskBook, settings_document, task_document
+from .signer import SDK_DATE_FORMAT, parse_authorization, verify_signature
 
 UTC = timezone.utc  # datetime.UTC is 3.11
 
