@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig, parse_config
 from agent.model import ConsistencyEntry, DirCounts, DirResult
+
+if TYPE_CHECKING:
+    from agent.sms.emulator import Emulator
 
 TOKEN = "TOKEN-s3cr3t-0123456789"
 
@@ -48,3 +55,12 @@ def entry(dir_check: str = "/var", total: int = 1, **counts: int) -> Consistency
     }
     values.update(counts)
     return ConsistencyEntry(dir_check=dir_check, **values)
+
+
+def kill_once_posting(emu: Emulator, proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGKILL `proc` as soon as its first request has reached the emulator."""
+    deadline = time.time() + timeout
+    while not emu.requests and time.time() < deadline:
+        time.sleep(0.02)
+    assert emu.requests, "no request reached SMS before the kill"
+    os.kill(proc.pid, signal.SIGKILL)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from agent.sms.emulator import Emulator
 
 from .conftest import smsagent_command, write_tree
+from .sms_helpers import kill_once_posting
 
 TREE = {"same": "s", "changed": "abc", "gone": "g", b"bin\xff": "b", "d/nested": "n"}
 TARGET = {"same": "s", "changed": "abd", "extra": "e", b"bin\xff": "b", "d/nested": "n"}
@@ -319,11 +319,7 @@ def test_sigkill_during_verify_upload_then_flush(emu: Emulator, tmp_path: Path) 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 30
-    while not emu.requests and time.time() < deadline:
-        time.sleep(0.02)
-    assert emu.requests, "verify never posted"
-    os.kill(proc.pid, signal.SIGKILL)
+    kill_once_posting(emu, proc, timeout=30)
     proc.wait(timeout=10)
     assert emu.received == []
     flushed = run("flush", "--config", config)

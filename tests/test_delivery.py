@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from agent.sms import delivery
 from agent.sms.emulator import Emulator
 from agent.sms.outbox import Outbox
 
-from .sms_helpers import TOKEN, entry, make_config, results
+from .sms_helpers import TOKEN, entry, kill_once_posting, make_config, results
 
 
 @pytest.fixture
@@ -279,11 +278,7 @@ def test_sigkill_during_upload_then_restart_delivers_everything(
     proc = run_agent(
         {"state_dir": state, "url": emu.url, "upload": {"read_timeout": 30}}, enqueue=65
     )
-    deadline = time.time() + 15
-    while not emu.requests and time.time() < deadline:
-        time.sleep(0.02)
-    assert emu.requests, "the agent never posted"
-    os.kill(proc.pid, signal.SIGKILL)
+    kill_once_posting(emu, proc, timeout=15)
     proc.communicate(timeout=10)
     assert emu.received == []  # nothing acknowledged before the kill
     report = delivery.flush(make_config(state, emu.url), deadline=time.time() + 10)
