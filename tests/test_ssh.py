@@ -433,33 +433,3 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
     # The lost directory is kept local: it is not posted as if it were consistent.
     assert [e["dir_check"] for e in document["consistency_result"]] == [str(other_src)]
     assert document["consistent"] is False
-
-
-@pytest.mark.skipif(shutil.which("xxh128sum") is None, reason="no xxh128sum (package xxhash)")
-def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path) -> None:
-    import xxhash
-
-    count = helper.PROGRAM_BATCH + 5  # more than one batch
-    contents = {f"f{i:04}": os.urandom(i * 37) for i in range(count)}
-    contents["new\nline \\ name"] = b"odd name"
-    write_tree(tmp_path, contents)
-    names = sorted(contents)
-    st = {n: os.lstat(tmp_path / n) for n in names}
-    (tmp_path / names[3]).unlink()  # vanished after the listing
-    os.unlink(tmp_path / names[7])
-    os.mkfifo(tmp_path / names[7])  # replaced by a FIFO: must not block
-    worker = helper.Worker()
-    worker.hasher = helper.Hasher("xxh3-128", 0, "xxh128sum")  # as on a host with no other route
-    digests, errors, stats, total = worker.hash_files(
-        os.fsencode(tmp_path).decode("latin-1"),
-        [n.encode().decode("latin-1") for n in names],
-        [st[n].st_size for n in names],
-        [st[n].st_mtime_ns for n in names],
-        True,
-    )
-    assert errors == {"3": "vanished before it was read", "7": "is no longer a regular file"}
-    for i, name in enumerate(names):
-        if str(i) not in errors:
-            assert digests[i] == xxhash.xxh3_128_hexdigest(contents[name]), name
-            assert stats[i][1] == len(contents[name])
-    assert total == sum(len(contents[n]) for i, n in enumerate(names) if str(i) not in errors)
