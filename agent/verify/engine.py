@@ -194,7 +194,7 @@ class _Walk:
             speculate = folder.on_src and folder.on_tgt and not folder.target_unreadable
             options: dict[str, Any] = {"hash": speculate}
             if self.quick is not None:  # size and mtime only: nothing is read
-                options = {"hash": False, "mtimes": True}
+                options = {"hash": False, "quick": True}
             if self.one_file_system:
                 options["same_dev"] = self.devs[side]
             row = None

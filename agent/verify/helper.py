@@ -432,8 +432,9 @@ class Worker:
         hashed on request. With options["remember"], cache_row is this directory's hash cache
         row (made on device options["cache_dev"]): a file whose inode, size, mtime and ctime
         match keeps its digest unread, and the row to store is made. With options["same_dev"],
-        directories on other devices are not entered (one_file_system). With options["mtimes"]
-        (quick mode) an empty file carries its mtime too. Returns a summary,
+        directories on other devices are not entered (one_file_system). With options["quick"]
+        (size and mtime compared, nothing read) an empty file carries its mtime too, and a
+        file without a digest still leaves the scan complete. Returns a summary,
         the listing and the cache row to store if "new_row" in the summary says so; "complete"
         in the summary says every file has its digest and nothing failed, so two equal
         listings mean two identical directories."""
@@ -441,7 +442,7 @@ class Worker:
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
         same_dev = options.get("same_dev")
-        empty_mtime = bool(options.get("mtimes"))
+        quick = bool(options.get("quick"))
         pseudo = self.pseudo
         dir_fd = _open_dir(folder)
         try:
@@ -500,7 +501,7 @@ class Worker:
                                 opened_empty += 1
                                 if opened_empty > 8 and opened_empty * 2 > files_read:
                                     open_first = False
-                            if empty_mtime:
+                            if quick:
                                 append([name.decode("latin-1"), "f", 0, "", st.st_mtime_ns])
                             else:
                                 append([name.decode("latin-1"), "f", 0, ""])
@@ -538,7 +539,7 @@ class Worker:
                         elif fd >= 0:
                             close(fd)  # opened first, but too large to read here
                         if digest is None:
-                            complete = False
+                            complete = complete and quick
                             append([name.decode("latin-1"), "f", size, None, mtime])
                             continue
                         append([name.decode("latin-1"), "f", size, digest])
