@@ -279,7 +279,8 @@ class LibXxhash:
     """xxh3-128 from the C library libxxhash.so.0 through ctypes, for a host whose Python
     lacks the xxhash module: APT (libapt-pkg) and rsync 3.2+ depend on that library, so it is
     on nearly every Debian and Ubuntu host and wherever such an rsync is installed. A call
-    costs about 1 us, against 0.1 us with the module; BLAKE2b is four times slower still."""
+    costs about 1 us, against 0.1 us with the module, and it streams about 6 GB/s; BLAKE2b
+    costs 4 us for a small file and streams 0.4 GB/s."""
 
     MIN_VERSION = 800  # 0.8.0: XXH3 was experimental before, and its 128-bit digests differ
     _loaded = None  # the instance, or False once it could not be loaded
@@ -292,7 +293,9 @@ class LibXxhash:
 
         if lib.XXH_versionNumber() < self.MIN_VERSION:
             raise OSError(errno.ENOTSUP, "libxxhash is older than 0.8.0")
-        self._oneshot = lib.XXH3_128bits
+        # On x86-64, Debian's build also exports *_dispatch variants that pick AVX2 or
+        # AVX-512 at run time; the plain ones are SSE2: streaming 1.5 GB/s against 19 here.
+        self._oneshot = self._fastest(lib, "XXH3_128bits")
         self._oneshot.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         self._oneshot.restype = Hash128
         create = lib.XXH3_createState
@@ -303,13 +306,20 @@ class LibXxhash:
             raise MemoryError("XXH3_createState")
         self._reset = lib.XXH3_128bits_reset
         self._reset.argtypes = [ctypes.c_void_p]
-        self._update = lib.XXH3_128bits_update
+        self._update = self._fastest(lib, "XXH3_128bits_update")
         self._update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         self._digest = lib.XXH3_128bits_digest
         self._digest.argtypes = [ctypes.c_void_p]
         self._digest.restype = Hash128
         self._address = ctypes.addressof
         self._char_at = ctypes.c_char.from_buffer
+
+    @staticmethod
+    def _fastest(lib, name):
+        try:
+            return getattr(lib, name + "_dispatch")
+        except AttributeError:
+            return getattr(lib, name)
 
     @classmethod
     def load(cls):
