@@ -3,7 +3,8 @@
 It answers POST and GET /v3/tasks/{task_id}/consistency-result as documented (200 `{}`, 400, 403,
 404 bodies), GET /v3/tasks/{task_id}/configuration-setting and GET /v3/tasks/{task_id} with the
 task's settings, POST /v3/auth/tokens as IAM does, and checks AK/SK signatures (and their
-X-Sdk-Date, as the API gateway does) when given a pair.
+X-Sdk-Date, as the API gateway does) when given a pair. Those checks, and the contract of a
+POST, are in `emulator_gateway.py`; the tasks' settings in `emulator_tasks.py`.
 """
 
 from __future__ import annotations
@@ -16,19 +17,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from ..config import is_loopback
-from ..model import COUNT_FIELDS, MAX_COUNT, MAX_DIR_CHECK, MAX_ENTRIES_PER_REQUEST
-from ..secret import Secret
+from .emulator_gateway import check_auth, iam_login, validate_post
 from .emulator_tasks import SettingsFileError, TaskBook, settings_document, task_document
-from .signer import SDK_DATE_FORMAT, parse_authorization, verify_signature
-
-UTC = timezone.utc  # datetime.UTC is 3.11
 
 _PATH = re.compile(r"^/v3/tasks/([^/]+)(/consistency-result|/configuration-setting)?/?$")
 # The API gateway refuses a signature whose X-Sdk-Date is further than this from its clock.
@@ -251,7 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.seen.append(seen)
         if method == "POST" and self.path.rstrip("/") == "/v3/auth/tokens":
-            seen.status = self._iam_login(body)
+            seen.status = self._json(*iam_login(st, body))
             return
         path, _, query = self.path.partition("?")
         match = _PATH.match(path)
@@ -275,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
             msg = "Incorrect IAM authentication information" if fault.status == 401 else "injected"
             seen.status = self._json(fault.status, {"error_code": code, "error_msg": msg}, headers)
             return
-        denied = self._check_auth(method, body)
+        denied = check_auth(st, method, self.path, self.headers, body)
         if denied is not None:
             seen.status = self._json(*denied)
             return
@@ -293,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             seen.status = self._json(200, document)
             return
-        entries, problem = _validate(body)
+        entries, problem = validate_post(body)
         if problem is not None:
             seen.status = self._json(400, {"error_code": "SMS.0205", "error_msg": problem})
             return
@@ -324,81 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
             return [json.dumps(item) for item in items]
         return items
 
-    def _check_auth(self, method: str, body: bytes) -> tuple[int, dict[str, Any]] | None:
-        st = self.state
-        authorization = self.headers.get("Authorization")
-        if authorization and st.ak and st.sk:
-            expired = self._expired_signature()
-            if expired is not None:
-                return expired
-            fields = parse_authorization(authorization)
-            url = f"http://{self.headers.get('Host', '')}{self.path}"
-            ok = (
-                fields is not None
-                and fields["Access"] == st.ak
-                and verify_signature(method, url, dict(self.headers.items()), body, Secret(st.sk))
-            )
-            if ok:
-                return None
-            return _gateway_error("verify aksk signature fail")
-        token = self.headers.get("X-Auth-Token")
-        if token:
-            with st.lock:
-                expires = st.iam_tokens.get(token)
-            if expires is not None:
-                if expires > time.time():
-                    return None
-                return _gateway_error("token expired")
-            if st.token is not None and secrets.compare_digest(token, st.token):
-                return None
-        message = "Authentication failed: missing or invalid X-Auth-Token."
-        return 403, {
-            "error_code": "SMS.9004",
-            "error_msg": message,
-            "encoded_authorization_message": "",
-            "error_param": ["X-Auth-Token"],
-            "details": [{"error_code": "SMS.9004", "error_msg": message}],
-        }
-
-    def _expired_signature(self) -> tuple[int, dict[str, Any]] | None:
-        """The gateway's answer when X-Sdk-Date is further than max_skew from its clock."""
-        stamp = self.headers.get("X-Sdk-Date", "")
-        try:
-            signed = datetime.strptime(stamp, SDK_DATE_FORMAT).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            return None  # no usable date: the signature check fails instead
-        now = self.state.clock()
-        if abs(now - signed) <= self.state.max_skew:
-            return None
-        server = datetime.fromtimestamp(now, UTC).strftime(SDK_DATE_FORMAT)
-        return _gateway_error(f"signature expired, signature time:{stamp},server time:{server}")
-
     def date_time_string(self, timestamp: float | None = None) -> str:
         # The Date header follows the emulator's clock, which tests may set apart from the host's.
         return super().date_time_string(self.state.clock() if timestamp is None else timestamp)
-
-    def _iam_login(self, body: bytes) -> int:
-        st = self.state
-        try:
-            user = json.loads(body)["auth"]["identity"]["password"]["user"]
-            name, password, domain = user["name"], user["password"], user["domain"]["name"]
-        except (ValueError, KeyError, TypeError):
-            return self._json(400, {"error": {"code": 400, "message": "malformed auth body"}})
-        good = st.iam_users.get(name)
-        if (
-            good is None
-            or not secrets.compare_digest(good, password)
-            or (st.iam_domain is not None and domain != st.iam_domain)
-        ):
-            wrong = {"error": {"code": 401, "message": "The username or password is wrong."}}
-            return self._json(401, wrong)
-        token = "MII" + secrets.token_urlsafe(48)
-        expires = time.time() + st.token_ttl
-        with st.lock:
-            st.iam_tokens[token] = expires
-            st.logins += 1
-        stamp = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return self._json(201, {"token": {"expires_at": stamp}}, {"X-Subject-Token": token})
 
     def _json(self, status: int, data: Any, headers: Mapping[str, str] | None = None) -> int:
         payload = json.dumps(data).encode("utf-8")
@@ -413,40 +337,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
         return status
-
-
-def _gateway_error(reason: str) -> tuple[int, dict[str, Any]]:
-    """401 in the API gateway's documented shape (error_msg, error_code, request_id)."""
-    return 401, {
-        "error_msg": f"Incorrect IAM authentication information: {reason}",
-        "error_code": "APIGW.0301",
-        "request_id": secrets.token_hex(16),
-    }
-
-
-def _validate(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
-    """The documented request contract; the message says what is wrong."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return [], "the request body is not JSON"
-    if not isinstance(data, dict) or not isinstance(data.get("consistency_result"), list):
-        return [], "consistency_result is missing or not a list"
-    entries = data["consistency_result"]
-    if len(entries) > MAX_ENTRIES_PER_REQUEST:
-        most = MAX_ENTRIES_PER_REQUEST
-        return [], f"consistency_result has {len(entries)} items, at most {most} are allowed"
-    for index, entry in enumerate(entries):
-        where = f"consistency_result[{index}]"
-        if not isinstance(entry, dict):
-            return [], f"{where} is not an object"
-        dir_check = entry.get("dir_check")
-        if not isinstance(dir_check, str) or len(dir_check) > MAX_DIR_CHECK:
-            return [], f"{where}.dir_check is missing or longer than {MAX_DIR_CHECK}"
-        for name in COUNT_FIELDS:
-            value = entry.get(name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                return [], f"{where}.{name} is missing or not an integer"
-            if not 0 <= value <= MAX_COUNT:
-                return [], f"{where}.{name} is out of range 0 to {MAX_COUNT}"
-    return entries, None
