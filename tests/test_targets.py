@@ -114,6 +114,17 @@ def test_ssh_failures_become_one_line(stderr: str, code: int, expected: str) -> 
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("homeless", [True, False])
+def test_an_unknown_host_key_points_a_homeless_user_at_UserKnownHostsFile(
+    homeless: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", "/" if homeless else str(tmp_path))  # "/" as for DynamicUser=
+    message = explain_ssh_failure("Host key verification failed.\n", 255, python="python3")
+    hint = 'ssh.options: ["UserKnownHostsFile=/etc/smsagent/known_hosts"]'
+    assert (hint in message) is homeless, message
+    assert message.startswith("host key verification failed")
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -74,14 +75,27 @@ def ssh_command(spec: TargetSpec, ssh: SshConfig) -> list[str]:
     return [*argv, "--", destination, remote]
 
 
+def _no_home_hint() -> str:
+    """For a user whose home is "/" or absent (systemd's DynamicUser=): ~/.ssh cannot hold keys."""
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~") and os.path.isdir(home):
+        return ""
+    return (
+        "; this user has no home for ~/.ssh/known_hosts (the service's dynamic user): record "
+        'the key in a file and set ssh.options: ["UserKnownHostsFile=/etc/smsagent/known_hosts"]'
+    )
+
+
 def _with_detail(cause: str, needle: str, line: str, lines: list[str]) -> str:
     detail = (line[len("ssh: ") :] if line.startswith("ssh: ") else line).rstrip(".")
+    hint = ""
     if needle == "Host key verification failed":
         # The line before names the key type and the host:port that was looked up.
         detail = next((x.rstrip(".") for x in lines if "host key is known for" in x), "")
+        hint = _no_home_hint()
     elif needle == "REMOTE HOST IDENTIFICATION HAS CHANGED":
         detail = next((x.rstrip(".") for x in lines if x.startswith("Offending")), "")
-    return f"{cause} ({detail})" if detail else cause
+    return (f"{cause} ({detail})" if detail else cause) + hint
 
 
 # What the OpenSSH client prints when a session fails, and the cause to name for it. The
