@@ -154,15 +154,18 @@ class Machine:
                 return found
             time.sleep(0.5)
 
-    def start_ready(self, unit: str = "smsagent", verb: str = "start") -> tuple[bool, str]:
+    def start_ready(
+        self, unit: str = "smsagent", verb: str = "start", command: str = ""
+    ) -> tuple[bool, str]:
         """The readiness check: started, active (running), and only after it sent READY=1."""
         since = self.cursor()
-        done = self.ct.sh(f"systemctl {verb} {unit}", check=False, timeout=90)
+        done = self.ct.sh(command or f"systemctl {verb} {unit}", check=False, timeout=120)
         state = self.show(unit)
         log = self.journal(since, unit)
         running = (state["ActiveState"], state["SubState"]) == ("active", "running")
         ok = done.returncode == 0 and running and ready_then_running(log)
-        tail = "\n".join(log.splitlines()[-25:])
+        own = self.sh(f"journalctl _SYSTEMD_UNIT={unit}.service -o cat --after-cursor='{since}'")
+        tail = "\n".join(own.splitlines()[-15:])  # what the service itself said
         return ok, f"{verb} {unit}: exit {done.returncode} {done.stderr.strip()}; {state}\n{tail}"
 
     def emulator(self, command: str = "start") -> None:
@@ -221,8 +224,9 @@ def machine() -> Iterator[Machine]:
 def _installed(m: Machine) -> Iterator[Machine]:
     (wheel,) = (m.ct.root / INSIDE[1:] / "wheels").glob("smsagent-*.whl")
     *install, enable = readme_install()
+    (m.ct.root / INSIDE[1:] / "token").write_text(m.token)  # so no command line shows it
     env = (f"cd {INSIDE}; export PIP_NO_INDEX=1 PIP_FIND_LINKS={INSIDE}/wheels "
-           f"SMS_TOKEN={m.token}\n")  # fmt: skip
+           f'SMS_TOKEN="$(cat {INSIDE}/token)"\n')  # fmt: skip
     script = "\n".join(install).replace("/path/to/smsagent", f"{INSIDE}/wheels/{wheel.name}")
     m.sh(env + script, timeout=300)
     m.sh(TREES + SSH_KEYS)
@@ -230,7 +234,8 @@ def _installed(m: Machine) -> Iterator[Machine]:
     m.emulator()
     m.sh("systemd-analyze set-log-level debug")  # PID 1 then logs READY=1 and each state change
     m.first = m.cursor()
-    m.sh(env + enable, timeout=120)
+    ok, detail = m.start_ready(command=env + enable)
+    assert ok, f"the shipped unit, installed as the README says, is not ready: {detail}"
     yield m
 
 
