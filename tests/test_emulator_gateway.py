@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
 from email.message import Message
 
 import pytest
 
+from agent.secret import Secret
+from agent.sms.emulator import Emulator
 from agent.sms.emulator_gateway import expired_signature, iam_login, validate_post
+from agent.sms.signer import sign_request
 
 from .sms_helpers import entry
+from .test_emulator import GOOD as GOOD_BODY
 
 GOOD = entry("/var", 3).to_api()
 
@@ -83,3 +90,37 @@ def test_iam_login() -> None:
     assert login("wrong")[0] == 401 and login("right", domain="other")[0] == 401
     assert iam_login(state, b"{}")[0] == 400  # type: ignore[arg-type]
     assert state.logins == 1
+
+
+@pytest.mark.parametrize(
+    ("skew", "expired"), [(-16 * 60, True), (16 * 60, True), (-14 * 60, False), (14 * 60, False)]
+)
+def test_signature_dated_more_than_15_minutes_away_is_refused(skew: float, expired: bool) -> None:
+    with Emulator(token=None, ak="AK1", sk="sk") as emu:
+        url = emu.url + "/v3/tasks/T/consistency-result"
+        moment = datetime.now(timezone.utc) + timedelta(seconds=skew)
+        body = json.dumps(GOOD_BODY).encode()
+        headers = sign_request(
+            "POST",
+            url,
+            {"Content-Type": "application/json"},
+            body,
+            ak="AK1",
+            sk=Secret("sk"),
+            now=moment,
+        )
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                status, data = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            status, data = exc.code, json.loads(exc.read())
+    if not expired:
+        assert (status, data) == (200, {})
+        return
+    assert status == 401 and set(data) == {"error_msg", "error_code", "request_id"}
+    assert data["error_code"] == "APIGW.0301"
+    assert data["error_msg"].startswith(
+        "Incorrect IAM authentication information: signature expired"
+    )
+    assert "signature time:" + moment.strftime("%Y%m%dT%H%M%SZ") in data["error_msg"]
