@@ -76,6 +76,11 @@ def _absolute(path: str) -> str:
     help="Directory to verify (repeatable); replaces the configured list.",
 )
 @click.option(
+    "--source",
+    metavar="ROOT",
+    help="Where the source tree is, when not here: ssh://user@host[:port]/ or a mounted path.",
+)
+@click.option(
     "--target",
     metavar="ROOT",
     help="Where the target tree is: a mounted path or ssh://user@host[:port]/path.",
@@ -123,6 +128,7 @@ def _absolute(path: str) -> str:
 def verify(
     config_path: str | None,
     dirs: Sequence[str],
+    source: str | None,
     target: str | None,
     exclude: Sequence[str],
     no_upload: bool,
@@ -139,7 +145,8 @@ def verify(
     """Compare directories with the migrated target and report the four counts."""
     started = time.monotonic()
     config = _load(config_path).with_overrides({
-        "directories": [_absolute(d) for d in dirs], "target": target, "exclude": exclude,
+        "directories": [_absolute(d) for d in dirs], "source": source, "target": target,
+        "exclude": exclude,
         "state_dir": state_dir, "endpoint": endpoint, "task_id": task_id,
         "limits.workers": workers, "mode": "quick" if quick else None,
         "modify_window": modify_window,

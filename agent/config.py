@@ -72,7 +72,13 @@ def _show_window(value: Any, config: AgentConfig) -> Any:
 
 def _show_directories(value: Any, config: AgentConfig) -> Any:
     own = [
-        {"path": d.path, "target": config.target_for(d), "exclude": list(d.exclude)} for d in value
+        {
+            "path": d.path,
+            "source": config.source_for(d),
+            "target": config.target_for(d),
+            "exclude": list(d.exclude),
+        }
+        for d in value
     ]
     return [FROM_TASK, *own] if config.directories_from_task else own
 
@@ -90,6 +96,7 @@ class DirectoryConfig:
     """One directory to verify, with its own target and excludes."""
 
     path: str = v.key(read=v.directory, required="is required")  # the `dir_check` sent to SMS
+    source: str | None = v.key(read=v.target)  # None: derived from the global source root
     target: str | None = v.key(read=v.target)  # None: derived from the global target root
     exclude: tuple[str, ...] = v.key((), v.patterns)
 
@@ -189,11 +196,13 @@ def _directories(r: Reader, value: Any, key: str) -> tuple[DirectoryConfig, ...]
 
 @dataclass(frozen=True)
 class AgentConfig:
-    source: str = "<defaults>"  # the file it came from, for messages; not a key
+    origin: str = "<defaults>"  # the file it came from, for messages; not a key
     endpoint: str | None = v.key(read=v.string, cli="--endpoint")
     task_id: str | None = v.key(read=v.task_id, cli="--task-id")
     allow_insecure_http: bool = v.key(False, v.boolean)
     state_dir: Path = v.key(read=v.path, factory=default_state_dir, cli="--state-dir")
+    # None: each directory is read at its own path on this machine.
+    source: str | None = v.key(read=v.target, cli="--source")
     target: str | None = v.key(read=v.target, cli="--target")
     one_file_system: bool = v.key(False, v.boolean)
     exclude: tuple[str, ...] = v.key((), v.patterns, cli="--exclude", cli_extends=True)
@@ -216,6 +225,15 @@ class AgentConfig:
     cache: CacheConfig = v.section(CacheConfig)
     metrics: MetricsConfig = v.section(MetricsConfig)
     warnings: tuple[str, ...] = ()  # not a key
+
+    def source_for(self, directory: DirectoryConfig) -> str:
+        """Where a directory is read: its own `source`, the global root with the path
+        appended, or the path itself on this machine."""
+        if directory.source is not None:
+            return directory.source
+        if self.source is None:
+            return directory.path
+        return join_target(self.source, directory.path)
 
     def target_for(self, directory: DirectoryConfig) -> str | None:
         """The target of one directory: its own, or the global root with the path appended."""
@@ -284,6 +302,8 @@ def _check(r: Reader, config: AgentConfig) -> None:
     ]:
         if where and TASK_HOST in where and not where.startswith("ssh://"):
             r.error(dotted, f"{TASK_HOST} stands for the task's host in an ssh:// URL only")
+    if config.schedule.watch:
+        _check_watchable(r, config)
     auth = config.auth
     if (auth.ak is None) != (auth.sk_file is None):
         r.error("auth.ak" if auth.ak is None else "auth.sk_file",
@@ -311,6 +331,24 @@ def _check(r: Reader, config: AgentConfig) -> None:
         )
 
 
+def _check_watchable(r: Reader, config: AgentConfig) -> None:
+    """inotify sees this machine's files only: a source read elsewhere cannot be watched."""
+    if config.source is not None and config.source.startswith("ssh://"):
+        r.error("schedule.watch", f"cannot watch the remote source {config.source}: "
+                "inotify sees only this machine's files; set schedule.watch: false "
+                "(schedule.interval verifies it)")  # fmt: skip
+        return
+    for directory in config.directories:
+        source = config.source_for(directory)
+        if source == directory.path:
+            continue
+        where = "the remote source" if source.startswith("ssh://") else "the source"
+        r.error("schedule.watch", f"cannot watch {where} {source} of {directory.path}: "
+                "only a directory read at its own path on this machine can be watched; "
+                "set schedule.watch: false (schedule.interval verifies it)")  # fmt: skip
+        return
+
+
 def _plain_http_elsewhere(config: AgentConfig, scheme: str, host: str) -> bool:
     return scheme == "http" and not config.allow_insecure_http and not is_loopback(host)
 
@@ -321,7 +359,7 @@ def parse_config(
     """Validate a parsed YAML mapping; raises one ConfigError listing every problem.
     `base` is the folder relative paths are taken from (the config file's)."""
     r = Reader(source, base)
-    config = _take_from_task(replace(v.read_section(r, AgentConfig, data, ""), source=source))
+    config = _take_from_task(replace(v.read_section(r, AgentConfig, data, ""), origin=source))
     _check(r, config)
     r.raise_if_errors()
     warnings = []
@@ -390,7 +428,7 @@ def _readable_by_others(path: Path) -> bool:
 
 def describe(config: AgentConfig) -> dict[str, Any]:
     """The effective configuration as plain data, secrets masked, for `config check`."""
-    return {"source": config.source, **v.show_section(config, config)}
+    return {"config_file": config.origin, **v.show_section(config, config)}
 
 
 def render(config: AgentConfig) -> str:

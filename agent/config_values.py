@@ -276,14 +276,15 @@ def task_id(r: Reader, value: Any, key: str) -> str | None:
 
 
 def target(r: Reader, value: Any, key: str) -> str | None:
-    """A local path (made absolute and normalised) or ssh://[user@]host[:port]/path."""
+    """A local path (made absolute and normalised) or ssh://[user@]host[:port]/path: a
+    `target` or a `source`."""
     text = string(r, value, key)
     if text is None:
         return None
     if text.startswith("ssh://"):
         parts = urlsplit(text)
         if not parts.hostname:
-            r.error(key, f"an ssh:// target needs a host, as in ssh://user@host/path, not {text!r}")
+            r.error(key, f"an ssh:// URL needs a host, as in ssh://user@host/path, not {text!r}")
             return None
         try:
             parts.port  # noqa: B018 - raises on a bad port

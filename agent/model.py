@@ -112,6 +112,8 @@ class DirResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     mode: str = "content"  # or "quick": size and mtime compared, no content read
     modify_window: int = 0  # quick mode: seconds two mtimes may differ
+    source: str = ""  # where it was read, as configured: its own path here, or ssh://…
+    source_via: str = ""  # how the source computed the digests
 
     @property
     def uploadable(self) -> bool:

@@ -72,13 +72,14 @@ def verify_table(results: Sequence[DirResult], elapsed: float) -> list[str]:
     quick = [r for r in results if r.mode == "quick"]
     if quick:
         lines.append(mode_line(quick[0].modify_window))
-    for machine, algorithm, via in hashing([r for r in results if r.mode != "quick"]):
+    for side, machine, algorithm, via in hashing([r for r in results if r.mode != "quick"]):
         fallback = (
             " (fallback: no xxh3 there: no xxhash module, libxxhash or xxh128sum)"
             if algorithm != ALGORITHMS[0]
             else ""
         )
-        lines.append(f"hashing on {escape(machine)}: {algorithm} via {via}{fallback}")
+        which = " (source)" if side == "source" else ""
+        lines.append(f"hashing on {escape(machine)}{which}: {algorithm} via {via}{fallback}")
     total_bytes = sum(r.counts.bytes_hashed for r in results)
     if any(r.error for r in results):
         verdict = "some directories could not be verified"
@@ -96,13 +97,19 @@ def mode_line(window: int) -> str:
     return f"mode: quick (same type and size, modification times {when}; no content read)"
 
 
-def hashing(results: Sequence[DirResult]) -> list[tuple[str, str, str]]:
-    """(target machine, algorithm, via) for each machine that was reached, in order."""
-    seen: dict[str, tuple[str, str, str]] = {}
+def hashing(results: Sequence[DirResult]) -> list[tuple[str, str, str, str]]:
+    """(side, machine, algorithm, via) for each machine that was reached, in order: every
+    target, and each source that is not this machine."""
+    seen: dict[tuple[str, str], tuple[str, str, str, str]] = {}
     for r in results:
-        if r.hash_algorithm:
-            machine = parse_target(r.target).key
-            seen.setdefault(machine, (machine, r.hash_algorithm, r.hash_via))
+        if not r.hash_algorithm:
+            continue
+        sides = [("target", r.target, r.hash_via)]
+        if parse_target(r.source).host is not None:
+            sides.append(("source", r.source, r.source_via))
+        for side, where, via in sides:
+            machine = parse_target(where).key
+            seen.setdefault((side, machine), (side, machine, r.hash_algorithm, via))
     return list(seen.values())
 
 
@@ -116,8 +123,8 @@ def verify_document(
         "consistent": all(r.uploadable and r.counts.consistent for r in results),
         "mode": "quick" if results and all(r.mode == "quick" for r in results) else "content",
         "hashing": [
-            {"target": machine, "hash_algorithm": algorithm, "hash_via": via}
-            for machine, algorithm, via in hashing(results)
+            {side: machine, "hash_algorithm": algorithm, "hash_via": via}
+            for side, machine, algorithm, via in hashing(results)
         ],
         "upload": upload,
         "elapsed_seconds": round(elapsed, 3),
@@ -128,6 +135,7 @@ def result_document(r: DirResult) -> dict[str, Any]:
     c = r.counts
     return {
         "dir_check": r.dir_check,
+        "source": escape(r.source or r.dir_check),
         "target": escape(r.target),
         "num_total_files": c.total,
         "num_identical_files": c.identical,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import describe, load_config, parse_config, render
+from agent.config import DirectoryConfig, describe, load_config, parse_config, render
 from agent.errors import ConfigError
 
 ERRORS = [
@@ -20,10 +20,16 @@ ERRORS = [
     ({"endpoint": "http://sms.example.com"}, "endpoint: http://sms.example.com is plain HTTP to another host"),
     ({"endpoint": "ftp://x"}, "endpoint: must be an https:// URL"),
     ({"target": "nfs://x/y"}, "target: must be a local path or ssh://user@host[:port]/path"),
-    ({"target": "ssh:///path"}, "target: an ssh:// target needs a host"),
+    ({"target": "ssh:///path"}, "target: an ssh:// URL needs a host"),
+    ({"source": "ssh:///path"}, "source: an ssh:// URL needs a host"),
+    ({"directories": [{"path": "/v", "source": "rsync://h/v"}]}, "directories[0].source: must be a local path or ssh://"),
     ({"schedule": {"interval": "soon"}}, "schedule.interval: must be a duration such as 90s"),
     ({"schedule": {"window": "1-5"}}, "schedule.window: must look like 01:00-05:00"),
     ({"schedule": {"watch": "yes"}}, "schedule.watch: must be true or false, not 'yes'"),
+    # inotify sees this machine only: a remote source cannot be watched, never silently.
+    ({"source": "ssh://root@old-db/", "schedule": {"watch": True}}, "schedule.watch: cannot watch the remote source ssh://root@old-db/: inotify sees only this machine's files; set schedule.watch: false (schedule.interval verifies it)"),
+    ({"directories": [{"path": "/var", "source": "ssh://old/var"}], "schedule": {"watch": True}}, "schedule.watch: cannot watch the remote source ssh://old/var of /var"),
+    ({"source": "/mnt/old", "directories": ["/var"], "schedule": {"watch": True}}, "schedule.watch: cannot watch the source /mnt/old/var of /var: only a directory read at its own path"),
     ({"limits": {"workers": -1}}, "limits.workers: must be at least 0, not -1"),
     ({"limits": {"read_mb_per_s": "fast"}}, "limits.read_mb_per_s: must be a number, not 'fast'"),
     ({"ssh": {"port": 70000}}, "ssh.port: must be 1 to 65535, not 70000"),
@@ -85,15 +91,17 @@ def test_describe_shows_every_key_with_secrets_masked() -> None:
     assert "s3cret-value" not in render(config)
     assert shown["auth"]["token"] == "****"
     assert shown["auth"]["iam"]["password_file"] == "/pw"
-    assert shown["directories"] == [{"path": "/var", "target": "/mnt/t/var", "exclude": []}]
+    assert shown["directories"] == [
+        {"path": "/var", "source": "/var", "target": "/mnt/t/var", "exclude": []}
+    ]
     assert shown["schedule"]["window"] == "01:00-05:00"
     assert shown["tls"] == {"ca_bundle": "/ca.pem"}
     # Every section and key of the YAML shows up, so `config check` hides nothing.
     assert list(shown) == [
-        "source", "endpoint", "task_id", "allow_insecure_http", "state_dir", "target",
-        "one_file_system", "exclude", "directories", "exclude_from_task", "mode",
-        "modify_window", "auth", "tls", "ssh",
-        "schedule", "limits", "upload", "cache", "metrics"]  # fmt: skip
+        "config_file", "endpoint", "task_id", "allow_insecure_http", "state_dir", "source",
+        "target", "one_file_system", "exclude", "directories", "exclude_from_task", "mode",
+        "modify_window", "auth", "tls", "ssh", "schedule", "limits", "upload", "cache",
+        "metrics"]  # fmt: skip
     assert set(shown["ssh"]) == {"identity_file", "port", "options", "connect_timeout", "python"}
 
 
@@ -152,3 +160,18 @@ def test_relative_paths_in_a_file_are_from_its_folder(tmp_path: Path) -> None:
     assert config.directories[0].path == str(tmp_path / "conf" / "demo" / "src")
     assert config.directories[0].target == str(tmp_path / "conf" / "demo" / "dst")
     assert config.state_dir == tmp_path / "conf" / "st"
+
+
+def test_a_source_root_maps_each_directory_under_it_and_dir_check_stays_the_path() -> None:
+    config = parse_config({
+        "source": "ssh://root@old-db:2222/", "target": "/",
+        "directories": ["/var", {"path": "/srv/a#b", "source": "ssh://root@other/data/b"}, "/"],
+    })  # fmt: skip
+    assert [config.source_for(d) for d in config.directories] == [
+        "ssh://root@old-db:2222/var", "ssh://root@other/data/b", "ssh://root@old-db:2222/"]  # fmt: skip
+    assert [d.path for d in config.directories] == ["/var", "/srv/a#b", "/"]
+    assert parse_config({"directories": ["/var"]}).source_for(DirectoryConfig("/var")) == "/var"
+    changed = config.with_overrides({"source": "ssh://u@new-host/"})
+    assert changed.source_for(changed.directories[0]) == "ssh://u@new-host/var"
+    with pytest.raises(ConfigError, match="command line: schedule.watch: cannot watch the remote"):
+        parse_config({"schedule": {"watch": True}}).with_overrides({"source": "ssh://h/"})

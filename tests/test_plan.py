@@ -22,7 +22,9 @@ def test_a_plan_holds_everything_the_engine_needs(tmp_path: Path) -> None:
                         {"path": "/opt", "target": "/backup/opt"}],
     })  # fmt: skip
     srv, opt = plan_directories(config, config.directories)
-    assert srv.dir_check == str(tmp_path / "srv") and srv.source == bytes(tmp_path / "srv")
+    assert srv.dir_check == str(tmp_path / "srv") and srv.source == TargetSpec(
+        path=bytes(tmp_path / "srv")
+    )
     assert srv.target_text == f"ssh://root@h:2222/mnt{tmp_path}/srv"
     assert srv.target == TargetSpec(path=f"/mnt{tmp_path}/srv".encode(), host="h", user="root",
                                     port=2222)  # fmt: skip
@@ -36,7 +38,7 @@ def test_a_plan_holds_everything_the_engine_needs(tmp_path: Path) -> None:
 def test_a_non_utf8_directory_keeps_its_bytes() -> None:
     config = parse_config({"target": "/t", "directories": [{"path": "/srv/caf\udce9"}]})
     [plan] = plan_directories(config, config.directories)
-    assert plan.source == b"/srv/caf\xe9" and plan.target.path == b"/t/srv/caf\xe9"
+    assert plan.source.path == b"/srv/caf\xe9" and plan.target.path == b"/t/srv/caf\xe9"
 
 
 @pytest.mark.parametrize(

@@ -353,7 +353,7 @@ class Daemon:
             log.info("%s: configuration unchanged", reason)
         else:
             self._adopt(self.config, new)
-            log.info("%s: configuration reloaded from %s", reason, new.source)
+            log.info("%s: configuration reloaded from %s", reason, new.origin)
         self.notifier.ready(self._status_text())
 
     def _adopt(self, old: AgentConfig, new: AgentConfig) -> None:

@@ -345,7 +345,7 @@ def iam_login(
 def open_client(config: AgentConfig, session: requests.Session | None = None) -> SmsClient:
     """The client for the configured endpoint, with credentials chosen from `auth`."""
     if not config.endpoint:
-        raise ConfigError("endpoint is not set: nothing can be uploaded", source=config.source)
+        raise ConfigError("endpoint is not set: nothing can be uploaded", source=config.origin)
     session = session or make_session(config.tls.ca_bundle)
     timeout = (config.upload.connect_timeout, config.upload.read_timeout)
 

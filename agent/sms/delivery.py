@@ -214,5 +214,5 @@ def remote_status(
 ) -> list[RemoteResult]:
     """What SMS holds for the configured task (GET consistency-result)."""
     if not config.task_id:
-        raise ConfigError("task_id is not set", source=config.source)
+        raise ConfigError("task_id is not set", source=config.origin)
     return open_client(config, session).get_results(config.task_id)

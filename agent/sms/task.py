@@ -338,7 +338,7 @@ def read_from_sms(config: AgentConfig) -> TaskSettings:
         missing = "endpoint" if not config.endpoint else "task_id"
         raise ConfigError(
             f"{missing} is not set, and the configuration takes settings from the task",
-            source=config.source,
+            source=config.origin,
         )
     client = open_client(config)
     return read_task_settings(

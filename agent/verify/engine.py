@@ -78,10 +78,12 @@ class Engine:
         return DirResult(
             dir_check=plan.dir_check,
             target=plan.target_text,
+            source=plan.source_text,
             counts=sink.tally.freeze(),
             elapsed=time.monotonic() - started,
             hash_algorithm=self.target.algorithm,
             hash_via=self.target.via,
+            source_via=self.source.via,
             error=error,
             notes=tuple(sink.tally.samples),
             mode="content" if plan.quick is None else "quick",
@@ -89,14 +91,14 @@ class Engine:
         )
 
     def _walk(self, plan: DirPlan, sink: ResultSink) -> None:
-        src_kind, src_dev, src_why = self._stat_root(self.source, plan.source)
+        src_kind, src_dev, src_why = self._stat_root(self.source, plan.source.path)
         if src_kind != "d":
             why = {
                 "missing": "does not exist",
                 "notdir": "is not a directory",
                 "p": "is a pseudo filesystem, which is never verified",
             }.get(src_kind, src_why)
-            raise TargetError(f"source {plan.dir_check}: {why}")
+            raise TargetError(f"source {plan.source_text}: {why}")
         tgt_kind, tgt_dev, tgt_why = self._stat_root(self.target, plan.target.path)
         unreadable = tgt_why if tgt_kind == "e" else None
         walk = _Walk(self, plan, sink, {SOURCE: src_dev, TARGET: tgt_dev})
@@ -127,7 +129,7 @@ class _Walk:
         self.pools = {SOURCE: engine.source, TARGET: engine.target}
         self.channels = engine.source.channels + engine.target.channels
         self.stop = engine.stop
-        self.roots = {SOURCE: plan.source.rstrip(b"/"), TARGET: plan.target.path.rstrip(b"/")}
+        self.roots = {SOURCE: plan.source.path.rstrip(b"/"), TARGET: plan.target.path.rstrip(b"/")}
         self.devs = devs
         self.rules = plan.rules
         self.one_file_system = plan.one_file_system

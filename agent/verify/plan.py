@@ -20,7 +20,8 @@ class DirPlan:
     """One directory to verify, complete: the engine needs nothing else."""
 
     dir_check: str  # the configured path, as reported to SMS
-    source: bytes  # the same path on this machine
+    source_text: str  # the source as configured (the path itself when it is read here)
+    source: TargetSpec
     target_text: str  # the target as configured, for results and messages
     target: TargetSpec
     rules: ExcludeRules  # the configured excludes and the agent's own state directory
@@ -32,13 +33,13 @@ def check_targets(config: AgentConfig, directories: Sequence[DirectoryConfig]) -
     if not directories:
         raise ConfigError(
             "no directories to verify: give --dir or list them under `directories:`",
-            source=config.source,
+            source=config.origin,
         )
     lacking = [d.path for d in directories if config.target_for(d) is None]
     if lacking:
         raise ConfigError(
             f"no target for {', '.join(lacking)}: give --target or set `target:`",
-            source=config.source,
+            source=config.origin,
         )
 
 
@@ -54,11 +55,17 @@ def state_dir_rule(state_dir: Path, directory: str) -> str | None:
     return "/" + glob.escape(rel) + "/"
 
 
-def exclude_rules(config: AgentConfig, directory: DirectoryConfig) -> ExcludeRules:
+def exclude_rules(
+    config: AgentConfig, directory: DirectoryConfig, sides: Sequence[TargetSpec] = ()
+) -> ExcludeRules:
+    """The configured patterns, and the agent's own state directory where it lies inside
+    the tree of a side on this machine (`sides`; by default the directory's own path)."""
     patterns = list(config.exclude) + list(directory.exclude)
-    own = state_dir_rule(config.state_dir, directory.path)
-    if own:
-        patterns.append(own)
+    local = [os.fsdecode(s.path) for s in sides if s.host is None] if sides else [directory.path]
+    for path in local:
+        own = state_dir_rule(config.state_dir, path)
+        if own and own not in patterns:
+            patterns.append(own)
     return ExcludeRules(patterns, base=directory.path)
 
 
@@ -67,14 +74,17 @@ def plan_directories(config: AgentConfig, directories: Sequence[DirectoryConfig]
     check_targets(config, directories)
     plans = []
     for directory in directories:
+        source_text = config.source_for(directory)
         target_text = config.target_for(directory) or ""
+        source, target = parse_target(source_text), parse_target(target_text)
         plans.append(
             DirPlan(
                 dir_check=directory.path,
-                source=os.fsencode(directory.path),
+                source_text=source_text,
+                source=source,
                 target_text=target_text,
-                target=parse_target(target_text),
-                rules=exclude_rules(config, directory),
+                target=target,
+                rules=exclude_rules(config, directory, (source, target)),
                 one_file_system=config.one_file_system,
                 quick=config.modify_window if config.verify_mode == "quick" else None,
             )

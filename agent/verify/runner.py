@@ -14,6 +14,7 @@ from ..model import DirCounts, DirResult
 from .cache import HashCache
 from .cancel import Cancel
 from .channel import Channel, Pool, default_workers
+from .compare import Side
 from .engine import Engine
 from .plan import DirPlan, plan_directories
 from .report import ProgressSink, ReportSink
@@ -23,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class _Pools:
-    """Helper pools for one run: one per target machine, and source pools per algorithm."""
+    """Helper pools for one run, per side, machine and hash algorithm; both sides alike.
+
+    The slower side decides the algorithm: a machine is first greeted with every algorithm
+    and answers with the best it has; the other side is then offered that one or slower
+    ones, and if it can only do slower, the first side follows it."""
 
     def __init__(self, config: AgentConfig, stack: ExitStack, cancel: Cancel):
         self.config = config
@@ -31,24 +36,42 @@ class _Pools:
         self.cancel = cancel  # ends the helpers on a stop, through these pools
         self.workers = config.limits.workers or default_workers()
         self.read_limit = int(config.limits.read_mb_per_s * 1_000_000)
-        self._targets: dict[str, Pool] = {}
-        self._sources: dict[str, Pool] = {}
+        self._pools: dict[tuple[Side, str, str], Pool] = {}
+        self._best: dict[tuple[Side, str], str] = {}  # what each machine answered first
         # A machine that could not be reached is not dialled again for each of its
         # directories in the same run: they all get the first attempt's error at once.
-        self._unreachable: dict[str, TargetError] = {}
-        self._spare: list[Channel] = []  # source helpers started ahead of their pool
+        self._unreachable: dict[tuple[Side, str], TargetError] = {}
+        self._spare: list[Channel] = []  # local source helpers started ahead of their pool
 
-    def prepare_source(self) -> None:
-        """Start the source helpers now, so they boot while the target's are greeted."""
-        if self._sources or self._spare:
+    def prepare(self, plan: DirPlan) -> None:
+        """Start local source helpers now, so they boot while the other side is greeted."""
+        if plan.source.host is not None or self._spare:
+            return
+        if any(side is Side.SOURCE and key == "local" for side, key, _ in self._pools):
             return
         self._spare = spawn_local(self.workers)
         self.cancel.adopt(self._spare)
         self.stack.callback(self._close_spare)
 
+    def pair(self, plan: DirPlan) -> tuple[Pool, Pool]:
+        """(source pool, target pool) agreeing on one hash algorithm."""
+        specs = {Side.SOURCE: plan.source, Side.TARGET: plan.target}
+        # A remote machine first: it is the one that may lack xxh3.
+        remote_source_only = plan.source.host is not None and plan.target.host is None
+        order = [Side.SOURCE, Side.TARGET] if remote_source_only else [Side.TARGET, Side.SOURCE]
+        pools: dict[Side, Pool] = {}
+        offer: tuple[str, ...] = ALGORITHMS
+        for side in order:
+            pools[side] = self._pool(side, specs[side], offer)
+            offer = ALGORITHMS[ALGORITHMS.index(pools[side].algorithm) :]
+        first = order[0]
+        if pools[first].algorithm != offer[0]:  # the second side is slower: the first follows
+            pools[first] = self._pool(first, specs[first], offer[:1])
+        return pools[Side.SOURCE], pools[Side.TARGET]
+
     def hang_up(self) -> None:
         """Tell every helper the run is over; closing the pools then only reaps them."""
-        for pool in [*self._targets.values(), *self._sources.values()]:
+        for pool in self._pools.values():
             for channel in pool.channels:
                 channel.hang_up()
 
@@ -56,14 +79,36 @@ class _Pools:
         for channel in self._spare:
             channel.close()
 
-    def _open(
-        self, spec: TargetSpec, algorithms: tuple[str, ...], started: list[Channel] | None = None
-    ) -> Pool:
+    def _pool(self, side: Side, spec: TargetSpec, offer: tuple[str, ...]) -> Pool:
+        failed = self._unreachable.get((side, spec.key))
+        if failed is not None:
+            raise failed
+        best = self._best.get((side, spec.key))
+        if best is not None:  # it computes its best and anything slower
+            rank = ALGORITHMS.index(best)
+            offer = tuple(a for a in offer if ALGORITHMS.index(a) >= rank) or offer
+        pool = self._pools.get((side, spec.key, offer[0]))
+        if pool is None or not pool.alive:
+            try:
+                pool = self._open(side, spec, offer)
+            except TargetError as exc:
+                self._unreachable[(side, spec.key)] = exc
+                raise
+            self._pools[(side, spec.key, pool.algorithm)] = pool
+            if offer[0] == ALGORITHMS[0]:  # offered everything, it answered with its best
+                self._best[(side, spec.key)] = pool.algorithm
+        return pool
+
+    def _open(self, side: Side, spec: TargetSpec, offer: tuple[str, ...]) -> Pool:
+        started = None
+        if side is Side.SOURCE and spec.host is None:
+            started, self._spare = self._spare, []
         pool = open_pool(
             spec,
+            side=side.value,
             ssh=self.config.ssh,
             workers=self.workers,
-            algorithms=algorithms,
+            algorithms=offer,
             read_limit=self.read_limit,
             started=started,
         )
@@ -72,33 +117,13 @@ class _Pools:
         if spec.host is not None:
             if pool.algorithm != ALGORITHMS[0]:
                 log.warning(
-                    "%s: no xxh3 there (no xxhash module, libxxhash or xxh128sum): both sides hash "
-                    "with %s (%s) for this target",
-                    spec.key, pool.algorithm, pool.via,
+                    "%s %s: no xxh3 there (no xxhash module, libxxhash or xxh128sum): both sides "
+                    "hash with %s (%s) for this pair",
+                    side.value, spec.key, pool.algorithm, pool.via,
                 )  # fmt: skip
             else:
-                log.info("%s: hashing with %s (%s)", spec.key, pool.algorithm, pool.via)
-        return pool
-
-    def target(self, spec: TargetSpec) -> Pool:
-        failed = self._unreachable.get(spec.key)
-        if failed is not None:
-            raise failed
-        pool = self._targets.get(spec.key)
-        if pool is None or not pool.alive:
-            try:
-                pool = self._targets[spec.key] = self._open(spec, ALGORITHMS)
-            except TargetError as exc:
-                self._unreachable[spec.key] = exc
-                raise
-        return pool
-
-    def source(self, algorithm: str) -> Pool:
-        pool = self._sources.get(algorithm)
-        if pool is None or not pool.alive:
-            started, self._spare = self._spare, []
-            pool = self._open(TargetSpec(path=b"/"), (algorithm,), started)
-            self._sources[algorithm] = pool
+                log.info("%s %s: hashing with %s (%s)", side.value, spec.key, pool.algorithm,
+                         pool.via)  # fmt: skip
         return pool
 
 
@@ -153,14 +178,14 @@ def _verify_one(
 ) -> DirResult:
     started = time.monotonic()
     try:
-        pools.prepare_source()
-        target_pool = pools.target(plan.target)
-        source_pool = pools.source(target_pool.algorithm)
+        pools.prepare(plan)
+        source_pool, target_pool = pools.pair(plan)
     except AgentError as exc:
         log.error("%s: %s", plan.dir_check, exc)
         return DirResult(
             dir_check=plan.dir_check,
             target=plan.target_text,
+            source=plan.source_text,
             counts=DirCounts(),
             elapsed=time.monotonic() - started,
             hash_algorithm="",

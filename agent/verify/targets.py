@@ -1,4 +1,5 @@
-"""Where a tree lives: this machine, or a host reached over SSH; both are served by helpers."""
+"""Where a tree lives: this machine, or a host reached over SSH; both are served by helpers.
+A source and a target are reached the same way: only the side named in messages differs."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from ..config import SshConfig
 from .channel import Channel, Pool, bootstrap_command, greet, local_command, spawn, start_pool
 
 ALGORITHMS = ("xxh3-128", "blake2b")  # preferred first; blake2b when a host has no xxh3
-# A target that stops answering is given up after about a minute, not the TCP timeout.
+# A host that stops answering is given up after about a minute, not the TCP timeout.
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT = 4
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A parsed target: `host` is None for a local path."""
+    """A parsed source or target: `host` is None for a local path."""
 
     path: bytes
     host: str | None = None
@@ -116,37 +117,37 @@ _SSH_CAUSES = (
     ("Could not resolve hostname", "cannot connect"),
     ("connect to host", "cannot connect"),
     ("during banner exchange", "cannot connect: the port is open but no SSH server answered"),
-    ("not responding", "the target stopped answering keepalives"),
-    ("closed by remote host", "connection closed by the target"),
-    ("Connection closed by", "connection closed by the target"),
+    ("not responding", "the {side} stopped answering keepalives"),
+    ("closed by remote host", "connection closed by the {side}"),
+    ("Connection closed by", "connection closed by the {side}"),
     ("Connection reset", "connection reset"),
     ("Broken pipe", "connection lost"),
 )
 
 
-def explain_ssh_failure(stderr: str, code: int | None, *, python: str) -> str:
+def explain_ssh_failure(stderr: str, code: int | None, *, python: str, side: str = "target") -> str:
     """One line naming why an SSH session ended, from the client's stderr and exit status."""
     raw = [line.strip() for line in stderr.splitlines() if line.strip()]
     if code == 255 or code is None:
         for needle, cause in _SSH_CAUSES:
             for line in raw:
                 if needle in line:
-                    return _with_detail(cause, needle, line, raw)
+                    return _with_detail(cause.format(side=side), needle, line, raw)
     lines = [x for x in raw if not x.startswith(("@", "Warning: Permanently added"))]
     last = lines[-1] if lines else ""
     if code == 127:
         return (
-            f"cannot start the helper: {python} is not found on the target; install Python 3 "
+            f"cannot start the helper: {python} is not found on the {side}; install Python 3 "
             f"there or point ssh.python at it ({last or 'command not found'})"
         )
     if code == 126:
-        return f"cannot start the helper: {python} cannot be run on the target ({last})"
+        return f"cannot start the helper: {python} cannot be run on the {side} ({last})"
     if "Traceback" in stderr or "SyntaxError" in last:
-        return f"the helper failed on the target (it needs Python 3.6 or later): {last}"
+        return f"the helper failed on the {side} (it needs Python 3.6 or later): {last}"
     if last:
         return last
     if code == 255:
-        return "the session ended without a word: the helper on the target was killed or lost"
+        return f"the session ended without a word: the helper on the {side} was killed or lost"
     if code is None:
         return "connection lost"
     return f"helper exited with status {code}"
@@ -160,6 +161,7 @@ def spawn_local(workers: int) -> list[Channel]:
 def open_pool(
     spec: TargetSpec,
     *,
+    side: str,
     ssh: SshConfig,
     workers: int,
     algorithms: tuple[str, ...] = ALGORITHMS,
@@ -167,7 +169,9 @@ def open_pool(
     started: list[Channel] | None = None,
 ) -> Pool:
     """Start the helpers for one machine (or take `started` local ones from spawn_local)
-    and agree on the hash algorithm."""
+    and agree on the hash algorithm. A remote source is named as such in messages ("source
+    ssh://root@old-db: authentication failed (…)"); a target keeps the host alone, as the
+    README has always shown it."""
     if spec.host is None:
         return greet(
             started or spawn_local(workers),
@@ -179,11 +183,11 @@ def open_pool(
         )
     return start_pool(
         ssh_command(spec, ssh),
-        label=spec.key,
-        scope=spec.key,
+        label=f"source {spec.key}" if side == "source" else spec.key,
+        scope=spec.key,  # the host's rows in the hash cache, whichever side it serves
         workers=1,  # one SSH session serves the whole run
         algorithms=algorithms,
         read_limit=read_limit,
         timeout=ssh.connect_timeout + 30,
-        explain=functools.partial(explain_ssh_failure, python=ssh.python),
+        explain=functools.partial(explain_ssh_failure, python=ssh.python, side=side),
     )
