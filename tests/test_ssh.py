@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -193,7 +194,10 @@ def test_ssh_target_gives_the_same_counts_and_report_as_a_local_one(
     assert "Traceback" not in remote.stderr
 
 
-def test_an_ssh_target_is_not_read_again_on_a_warm_run(sshd: Sshd, tmp_path: Path) -> None:
+@pytest.mark.parametrize("remote", ["target", "source"])
+def test_an_ssh_side_is_not_read_again_on_a_warm_run(
+    sshd: Sshd, tmp_path: Path, remote: str
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     spec = {f"d{i}/f{j}": f"content {i} {j}" * 10 for i in range(3) for j in range(20)}
     write_tree(src, spec)
@@ -202,18 +206,23 @@ def test_an_ssh_target_is_not_read_again_on_a_warm_run(sshd: Sshd, tmp_path: Pat
         for path in tree.rglob("f*"):
             os.utime(path, (1_600_000_000, 1_600_000_000))
     time.sleep(2.1)  # ctime too
-    directories = [{"path": str(src), "target": sshd.url(dst)}]
+    directory = {"path": str(src), "target": str(dst)}
+    directory[remote] = sshd.url(src if remote == "source" else dst)
     ssh = sshd.ssh_section(python=sys.executable)
-    runs = [run_verify(tmp_path, directories, ssh)[1] for _ in range(2)]
+    runs = [run_verify(tmp_path, [directory], ssh)[1] for _ in range(2)]
     first, second = (doc["directories"][0] for doc in runs if doc is not None)
     assert first["num_identical_files"] == second["num_identical_files"] == 60
     assert first["files_hashed"] == 120 and first["cache_hits"] == 0
     assert second["files_hashed"] == 0 and second["cache_hits"] == 120
-    # A change on the target, size and mtime kept, is seen through its ctime.
-    changed = dst / "d1" / "f7"
+    # The host is part of a row's key: the remote side's rows never mix with this machine's.
+    with sqlite3.connect(tmp_path / "state" / "hashcache.db") as db:
+        scopes = {scope for (scope,) in db.execute("SELECT DISTINCT scope FROM digest_rows")}
+    assert scopes == {f"ssh://{sshd.user}@127.0.0.1:{sshd.port}", "local"}
+    # A change on the remote side, size and mtime kept, is seen through its ctime.
+    changed = (src if remote == "source" else dst) / "d1" / "f7"
     changed.write_text(changed.read_text().upper())
     os.utime(changed, (1_600_000_000, 1_600_000_000))
-    third = run_verify(tmp_path, directories, ssh)[1]
+    third = run_verify(tmp_path, [directory], ssh)[1]
     assert third is not None
     assert third["directories"][0]["num_different_files"] == 1
     assert third["directories"][0]["files_hashed"] == 1
@@ -356,10 +365,13 @@ def test_a_port_where_nothing_speaks_ssh_fails_within_the_connect_timeout(
     assert elapsed < 15
 
 
-def _remote_helper(sshd: Sshd, deadline: float) -> int:
-    """The pid of the helper the server started (a descendant of the listener)."""
+def _remote_helper(sshd: Sshd, deadline: float, before: set[int]) -> int:
+    """The pid of the helper the server started for this run (a descendant of the listener
+    that was not there `before`: an earlier test may have left a frozen session behind)."""
     while time.monotonic() < deadline:
         for pid in sshd.children():
+            if pid in before:
+                continue
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if b"smsagent-helper" in f.read():
@@ -370,9 +382,12 @@ def _remote_helper(sshd: Sshd, deadline: float) -> int:
     raise AssertionError("the helper never started on the target")
 
 
-@pytest.mark.parametrize("victim", ["helper", "session", "frozen"])
-def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
-    sshd: Sshd, tmp_path: Path, victim: str
+@pytest.mark.parametrize(
+    ("remote", "victim"),
+    [("target", "helper"), ("target", "session"), ("target", "frozen"), ("source", "helper")],
+)
+def test_a_host_lost_mid_run_is_an_error_and_the_other_directories_go_on(
+    sshd: Sshd, tmp_path: Path, remote: str, victim: str
 ) -> None:
     # Enough data, read slowly (limits.read_mb_per_s), that the kill lands mid-run.
     big = {f"d{i}/f{j}": os.urandom(20_000) for i in range(20) for j in range(10)}
@@ -382,18 +397,17 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
     other_src, other_dst = tmp_path / "src2", tmp_path / "dst2"
     write_tree(other_src, {"b": "2", "c/d": "3"})
     write_tree(other_dst, {"b": "2", "c/d": "3"})
+    lost_directory = {"path": str(src), "target": str(dst)}
+    lost_directory[remote] = sshd.url(src if remote == "source" else dst)
     config = {
-        "directories": [
-            {"path": str(src), "target": sshd.url(dst)},
-            {"path": str(other_src), "target": str(other_dst)},
-        ],
+        "directories": [lost_directory, {"path": str(other_src), "target": str(other_dst)}],
         "ssh": sshd.ssh_section(python=sys.executable),
         "limits": {"read_mb_per_s": 1},
     }
     # ssh.options come first, so they override the agent's keepalive defaults (15 s x 4).
     config["ssh"]["options"] += ["ServerAliveInterval=1", "ServerAliveCountMax=2"]
     expected = {
-        "helper": "the session ended without a word",
+        "helper": f"the session ended without a word: the helper on the {remote} was killed",
         "session": "connection closed by the target",
         "frozen": "the target stopped answering keepalives",
     }
@@ -406,7 +420,7 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        helper = _remote_helper(sshd, time.monotonic() + 20)
+        helper = _remote_helper(sshd, time.monotonic() + 20, before)
         time.sleep(0.5)  # let it list and start hashing
         if victim == "helper":
             os.kill(helper, signal.SIGKILL)
@@ -425,7 +439,9 @@ def test_a_target_lost_mid_run_is_an_error_and_the_other_directories_go_on(
     document = json.loads(out)
     lost, local = document["directories"]
     machine = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
-    assert lost["error"] and lost["error"].startswith(machine), lost
+    # A source is named as such; a target keeps the host alone, as it always has.
+    named = f"source {machine}: " if remote == "source" else f"{machine}: "
+    assert lost["error"] and lost["error"].startswith(named), lost
     assert expected[victim] in lost["error"]
     assert "\n" not in lost["error"]
     assert local["error"] is None
