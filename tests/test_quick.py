@@ -178,3 +178,21 @@ def test_the_tasks_consistency_mode_picks_quick_unless_the_config_says(tmp_path:
             document = json.loads(done.stdout)
             assert document["mode"] == expected, done.stderr
             assert done.returncode == (0 if expected == "quick" else 1)
+
+
+def test_quick_with_a_remote_source_answers_as_locally(
+    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, dst = scenario
+    local, local_doc, _ = run_verify(
+        tmp_path, [{"path": str(src), "target": str(dst)}], None, "--quick"
+    )
+    remote, remote_doc, _ = run_verify(
+        tmp_path, [{"path": str(src), "source": sshd.url(src), "target": str(dst)}],
+        sshd.ssh_section(python=sys.executable), "--quick",
+    )  # fmt: skip
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert local_doc is not None and remote_doc is not None
+    assert local_doc["consistency_result"] == remote_doc["consistency_result"]
+    assert remote_doc["directories"][0]["mode"] == "quick"
+    assert remote_doc["directories"][0]["bytes_hashed"] == 0
