@@ -426,7 +426,8 @@ def test_a_wrong_agent_aborts_its_case(tmp_path: Path) -> None:
 @needs_rsync
 def test_case_6_sums_the_rss_of_every_process(tmp_path: Path) -> None:
     agent = tmp_path / "fake-agent"
-    agent.write_text(f"#!{sys.executable}\n{FAKE_AGENT}")
+    # It lingers, so the 0.1 s samples see it whole, not only the process just spawned.
+    agent.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(0.5)\n{FAKE_AGENT}")
     agent.chmod(0o755)
     argv = [sys.executable, str(BENCH_PATH), "--workdir", str(tmp_path / "work"),
             "--scale", "0.0001", "--repeat", "1", "--cases", "6", "--agent-cmd", str(agent)]  # fmt: skip
