@@ -10,6 +10,7 @@ import enum
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ValidationError
+from .names import escape
 
 # Documented limits of POST /v3/tasks/{task_id}/consistency-result.
 MAX_COUNT = 1_000_000
@@ -121,8 +122,10 @@ class DirResult:
         return self.error is None
 
     def entry(self, limit: int = MAX_COUNT) -> ConsistencyEntry:
-        """The API entry, with each count clamped to the documented maximum."""
-        return ConsistencyEntry(self.dir_check, *(min(n, limit) for n in self._api_counts()))
+        """The API entry, with each count clamped to the documented maximum. Its `dir_check`
+        is the path escaped as everywhere else, so a name that is not UTF-8 is sent too."""
+        counts = (min(n, limit) for n in self._api_counts())
+        return ConsistencyEntry(escape(self.dir_check), *counts)
 
     def clamped_fields(self, limit: int = MAX_COUNT) -> list[str]:
         """Names of the API fields whose true count is above the limit."""

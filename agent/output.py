@@ -134,7 +134,7 @@ def verify_document(
 def result_document(r: DirResult) -> dict[str, Any]:
     c = r.counts
     return {
-        "dir_check": r.dir_check,
+        "dir_check": escape(r.dir_check),
         "source": escape(r.source or r.dir_check),
         "target": escape(r.target),
         "num_total_files": c.total,
@@ -207,7 +207,7 @@ def status_lines(local: StatusReport) -> list[str]:
                 if e else ("-", "-", "-", "-")
             )  # fmt: skip
             state = r.state if not r.detail else f"{r.state} ({r.detail})"
-            rows.append((escape(r.dir_check), *counts, state, when(r.checked_at)))
+            rows.append((r.dir_check, *counts, state, when(r.checked_at)))  # stored escaped
         lines += table(headers, rows, left={0, 5, 6})
     c = local.counts
     line = f"Pending: {c.pending}"

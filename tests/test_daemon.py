@@ -162,7 +162,7 @@ def test_a_change_is_verified_again_after_debounce_but_not_an_excluded_one(
     agent.write_config()
     agents.append(agent.start())
     wait_for(lambda: results_for(emulator, agent.src), 10, "the first result")
-    wait_for(lambda: "watching 1 directories" in agent.log(), 5, "the watcher")
+    wait_for(lambda: "watching 1 directory for changes" in agent.log(), 5, "the watcher")
 
     (agent.src / "cache" / "scratch").write_text("excluded")
     (agent.src / "sub" / "cache").mkdir()
@@ -202,12 +202,16 @@ def test_sigterm_stops_a_verification_in_progress(
     (agent.src / "big.bin").write_bytes(big)
     (agent.dst / "big.bin").write_bytes(big)
     agents.append(agent.start())
-    wait_for(lambda: "directories, every" in agent.log(), 10, "start-up")
+    wait_for(lambda: "1 directory, every" in agent.log(), 10, "start-up")
     time.sleep(1.5)
     code, took = agent.terminate()
     assert code == 0 and took < 10, agent.log()
     assert emulator.received == []
     assert "queueing the 0 directories verified before the stop" in agent.log()
+    # A requested stop is no fault: INFO, not ERROR.
+    stopped = [line for line in agent.log().splitlines() if "not verified" in line]
+    assert stopped and all("ERROR" not in line and "stopped on request" in line
+                           for line in stopped), stopped  # fmt: skip
 
 
 def test_sigkill_then_restart_delivers_everything(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from ..config import AgentConfig, load_config
 from ..errors import AgentError
 from ..model import DirResult
+from ..names import counted
 from ..sms import delivery
 from ..sms.outbox import Outbox
 from ..verify.plan import check_targets
@@ -157,8 +158,8 @@ def announce(config: AgentConfig) -> None:
         log.warning("%s", warning)
     s = config.schedule
     log.info(
-        "%d directories, every %gs (jitter %gs)%s%s; state in %s",
-        len(config.directories), s.interval, s.jitter,
+        "%s, every %gs (jitter %gs)%s%s; state in %s",
+        counted(len(config.directories), "directory", "directories"), s.interval, s.jitter,
         " inside the window" if s.window else "",
         f", watching changes (debounce {s.debounce:g}s)" if s.watch else "",
         config.state_dir,
@@ -331,7 +332,8 @@ class Daemon:
         directories = [by_path[p] for p in due if p in by_path]
         self.scheduler.start(due, self._clock())
         if directories:
-            self.notifier.status(f"verifying {len(directories)} directories; {self._last_summary}")
+            what = counted(len(directories), "directory", "directories")
+            self.notifier.status(f"verifying {what}; {self._last_summary}")
         self._job.start(self.config, directories, self._task)
 
     def _status_text(self) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, List
 from ..config import AgentConfig, DirectoryConfig
 from ..errors import AgentError
 from ..model import DirResult
+from ..names import counted
 from ..sms import delivery
 from ..verify.cancel import Cancel
 
@@ -76,8 +77,8 @@ def verify_and_queue(
         if cancel.is_set():
             # Directories finished before the stop are kept; the one cut short is not.
             results = [r for r in results if r.error is None]
-            log.info("stopping: queueing the %d directories verified before the stop",
-                     len(results))  # fmt: skip
+            log.info("stopping: queueing the %s verified before the stop",
+                     counted(len(results), "directory", "directories"))  # fmt: skip
         if results:
             summary = summarize(results, elapsed)
             report = delivery.enqueue(config, results)

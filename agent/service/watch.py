@@ -33,6 +33,7 @@ from watchdog.events import (
 from watchdog.observers.inotify import InotifyObserver
 
 from ..config import AgentConfig
+from ..names import counted
 from ..verify.plan import exclude_rules
 
 log = logging.getLogger(__name__)
@@ -343,7 +344,8 @@ class WatchControl:
             if ok and born == generation:
                 self._drop_current()
                 self.current = watcher
-                log.info("watching %d directories for changes", len(watcher.dirs))
+                log.info("watching %s for changes",
+                         counted(len(watcher.dirs), "directory", "directories"))  # fmt: skip
             else:
                 watcher.stop()  # failed (it warned), or made for a config since replaced
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ..config import AgentConfig
 from ..errors import AuthError, ConfigError, UploadError, ValidationError
 from ..model import MAX_ENTRIES_PER_REQUEST, DirResult
+from ..names import escape
 from .client import (
     Disposition,
     RemoteResult,
@@ -79,7 +80,7 @@ def enqueue(
     with Outbox(config.state_dir, clock) as box:
         for r in results:
             if not r.uploadable:
-                box.record(r.dir_check, None, "error", r.error)
+                box.record(escape(r.dir_check), None, "error", r.error)
         if not config.endpoint or not config.task_id:
             missing = "endpoint" if not config.endpoint else "task_id"
             for entry in entries:
@@ -205,7 +206,7 @@ def _report(box: Outbox, tally: _Tally) -> FlushReport:
 
 def status(config: AgentConfig) -> StatusReport:
     """The last result per directory, and pending and dead-letter counts with their last error."""
-    with Outbox(config.state_dir) as box:
+    with Outbox(config.state_dir, read_only=True) as box:
         return StatusReport(tuple(box.last_results()), box.counts())
 
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from ..errors import AgentError, TargetError
 from ..model import DirResult
+from ..names import escape
 from .cache import HashCache, RowBook
 from .channel import Channel, Pool, call, wait_for_replies
 from .compare import Side
@@ -98,7 +99,7 @@ class Engine:
                 "notdir": "is not a directory",
                 "p": "is a pseudo filesystem, which is never verified",
             }.get(src_kind, src_why)
-            raise TargetError(f"source {plan.source_text}: {why}")
+            raise TargetError(f"source {escape(plan.source_text)}: {why}")
         tgt_kind, tgt_dev, tgt_why = self._stat_root(self.target, plan.target.path)
         unreadable = tgt_why if tgt_kind == "e" else None
         walk = _Walk(self, plan, sink, {SOURCE: src_dev, TARGET: tgt_dev})

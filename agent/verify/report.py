@@ -1,13 +1,13 @@
 """Where verdicts go: counted into a directory's tally and written to the report, with one
-escaping rule for the paths shown in reports, logs and JSON."""
+escaping rule (agent/names.py) for the paths shown in reports, logs and JSON."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from typing import IO, Callable, Protocol
 
 from ..model import DirCounts, Verdict
+from ..names import escape
 
 MAX_ERROR_SAMPLES = 50  # reasons kept with a directory's result
 
@@ -26,36 +26,9 @@ class ReportSink(Protocol):
         "/" (which no file name holds), each byte one latin-1 character."""
 
 
-_NAMED = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x5C: "\\\\"}
-
-
-def escape(name: bytes | str) -> str:
-    """A file name as text: valid UTF-8 stays readable, control characters and invalid bytes
-    become backslash escapes (`\\n`, `\\u0085`; `\\xff` only for a byte that is not UTF-8),
-    and a backslash is doubled, so the text is unambiguous and fits on one line."""
-    if isinstance(name, str):
-        name = os.fsencode(name)
-    text = name.decode("utf-8", "surrogateescape")
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code in _NAMED:
-            out.append(_NAMED[code])
-        elif not ch.isprintable():
-            # \\u and \\U for characters, so \\x always means a raw byte.
-            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def join_display(dir_check: str, rel: bytes) -> str:
     """The source-side path of an entry, escaped: `/var` + `log/x` -> `/var/log/x`."""
-    base = dir_check.rstrip("/")
+    base = escape(dir_check).rstrip("/")
     return f"{base}/{escape(rel)}" if rel else (base or "/")
 
 
@@ -66,16 +39,38 @@ class ReportWriter:
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
+        # The first write error (a full disk, /dev/full, a reader that went away): the
+        # report stops there, the run goes on.
+        self.error: OSError | None = None
+
+    def _write(self, text: str) -> None:
+        if self.error is None:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self.error = exc
+
+    def finish(self, *, close: bool) -> None:
+        """Write out what is buffered (and close the file), keeping a write error."""
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+        if close:
+            try:
+                self.stream.close()
+            except OSError as exc:  # a failed flush is tried again by close
+                self.error = self.error or exc
 
     def __call__(self, dir_check: str, verdict: Verdict, rel: bytes, reason: str | None) -> None:
         line = f"{verdict.value} {join_display(dir_check, rel)}"
         if reason:
             line += f"\t{reason}"
-        self.stream.write(line + "\n")
+        self._write(line + "\n")
 
     def many(self, dir_check: str, verdict: Verdict, folder: bytes, names: str) -> None:
         """The lines for files of one folder (see ReportSink.many), in one write."""
-        head = f"{verdict.value} {dir_check.rstrip('/')}/"
+        head = f"{verdict.value} {escape(dir_check).rstrip('/')}/"
         if folder:
             head += escape(folder) + "/"
         if names.isascii() and names.isprintable() and "\\" not in names:
@@ -83,7 +78,7 @@ class ReportWriter:
             text = head + names.replace("/", "\n" + head) + "\n"
         else:
             text = "".join([f"{head}{escape(n.encode('latin-1'))}\n" for n in names.split("/")])
-        self.stream.write(text)
+        self._write(text)
 
 
 @dataclass

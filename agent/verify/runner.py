@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from ..config import AgentConfig, DirectoryConfig
 from ..errors import AgentError, StateError, TargetError
 from ..model import DirCounts, DirResult
+from ..names import escape
 from .cache import HashCache
 from .cancel import Cancel
 from .channel import Channel, Pool, default_workers
@@ -181,7 +182,7 @@ def _verify_one(
         pools.prepare(plan)
         source_pool, target_pool = pools.pair(plan)
     except AgentError as exc:
-        log.error("%s: %s", plan.dir_check, exc)
+        log.error("%s: %s", escape(plan.dir_check), exc)
         return DirResult(
             dir_check=plan.dir_check,
             target=plan.target_text,
@@ -196,12 +197,15 @@ def _verify_one(
     )
     result = engine.compare(plan)
     c = result.counts
-    if result.error:
-        log.error("%s: not verified: %s", plan.dir_check, result.error)
+    if result.error and stop.is_set():
+        # A requested stop (SIGTERM, Ctrl-C) is no fault: the next run verifies it.
+        log.info("%s: not verified: stopped on request", escape(plan.dir_check))
+    elif result.error:
+        log.error("%s: not verified: %s", escape(plan.dir_check), result.error)
     else:
         log.info(
             "%s: total=%d different=%d missing=%d more=%d errors=%d hashed=%dB in %.2fs",
-            plan.dir_check, c.total, c.different, c.missing, c.more, c.errors,
+            escape(plan.dir_check), c.total, c.different, c.missing, c.more, c.errors,
             c.bytes_hashed, result.elapsed,
         )  # fmt: skip
     return result
