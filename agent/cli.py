@@ -12,16 +12,25 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from . import __version__, output
-from .config import AgentConfig, find_config, load_config, normalise_dir, render, to_yaml
-from .errors import AgentError
+from .config import (
+    AgentConfig,
+    check_upload,
+    find_config,
+    load_config,
+    normalise_dir,
+    render,
+    to_yaml,
+)
+from .errors import AgentError, ConfigError
 from .model import MAX_COUNT, DirResult
+from .names import escape
 from .verify.report import ReportWriter
 from .verify.runner import run_verification
 
@@ -144,6 +153,9 @@ def verify(
 ) -> None:
     """Compare directories with the migrated target and report the four counts."""
     started = time.monotonic()
+    if any(not d for d in dirs):
+        # An empty path would silently mean the current directory.
+        raise ConfigError("an empty path names no directory", source="--dir")
     config = _load(config_path).with_overrides({
         "directories": [_absolute(d) for d in dirs], "source": source, "target": target,
         "exclude": exclude,
@@ -152,54 +164,104 @@ def verify(
         "modify_window": modify_window,
     })  # fmt: skip
     config = _with_task(config)
+    if not no_upload:
+        check_upload(config)
     report_file: IO[str] | None = None
     if report_path == "-":
         report_file = sys.stdout  # the table then goes to stderr
     elif report_path:
         try:
             # A large buffer: a write per 8 KiB stalled the engine on a busy disk.
-            report_file = open(  # noqa: SIM115 - closed in the finally below
+            report_file = open(  # noqa: SIM115 - closed by the writer's finish()
                 report_path, "w", encoding="utf-8", newline="\n", buffering=1 << 20
             )
         except OSError as exc:
             raise AgentError(f"--report {report_path}: {exc.strerror}") from None
-    if report_file is not None and config.verify_mode == "quick":
+    writer = ReportWriter(report_file) if report_file else None
+    if writer is not None and config.verify_mode == "quick":
         # The combined format's lines start with a mark; a quick check says so first.
-        report_file.write(f"# {output.mode_line(config.modify_window)}\n")
+        writer.comment(output.mode_line(config.modify_window))
     progress = _Progress() if sys.stdout.isatty() and not as_json else None
     try:
         results = run_verification(
             config,
             config.directories,
             use_cache=not no_cache,
-            report=ReportWriter(report_file) if report_file else None,
+            report=writer,
             progress=progress,
         )
     finally:
         if progress:
             progress.clear()
-        if report_file and report_file is not sys.stdout:
-            report_file.close()
+        if writer:
+            writer.finish(close=report_file is not sys.stdout)
+    report_failed = writer is not None and _report_failed(writer, report_path or "")
     for result in results:
         for field_name in result.clamped_fields():
             click.echo(
-                f"smsagent: warning: {result.dir_check}: {field_name} is above {MAX_COUNT:,}; "
-                f"{MAX_COUNT:,} is sent, the true figure is in the local report",
+                f"smsagent: warning: {escape(result.dir_check)}: {field_name} is above "
+                f"{MAX_COUNT:,}; {MAX_COUNT:,} is sent, the true figure is in the local report",
                 err=True,
             )
     upload_note, flushed = _upload(config, results, no_upload)
     _write_metrics(config, results, flushed)
-    if as_json:
-        document = output.verify_document(results, upload_note, time.monotonic() - started)
-        click.echo(json.dumps(document, ensure_ascii=False))
-    else:
-        for line in output.verify_table(results, time.monotonic() - started):
-            click.echo(line, err=report_path == "-")
-        click.echo(upload_note["message"], err=True)
+    with _reader_may_leave():
+        if as_json:
+            document = output.verify_document(results, upload_note, time.monotonic() - started)
+            click.echo(_json_text(document))
+        else:
+            for line in output.verify_table(results, time.monotonic() - started):
+                click.echo(line, err=report_path == "-")
+            click.echo(upload_note["message"], err=True)
     for result in results:
         for note in result.notes[:10]:
-            click.echo(f"smsagent: {result.dir_check}: {note}", err=True)
-    sys.exit(_exit_code(results, undelivered=upload_note["pending"] > 0))
+            click.echo(f"smsagent: {escape(result.dir_check)}: {note}", err=True)
+    undelivered = upload_note["pending"] > 0 or upload_note["dead"] > 0
+    sys.exit(_exit_code(results, undelivered=undelivered, report_failed=report_failed))
+
+
+def _report_failed(writer: ReportWriter, report_path: str) -> bool:
+    """Whether the --report could not be written (said in one line). A reader of stdout that
+    went away (`--report - | head`) is no failure, as for other Unix tools."""
+    error = writer.error
+    if error is None:
+        return False
+    if report_path == "-" and isinstance(error, BrokenPipeError):
+        _silence_stdout()
+        return False
+    why = error.strerror or str(error)
+    click.echo(f"smsagent: Report error: --report {report_path}: cannot write: {why}; "
+               "the report is incomplete (the table, --json and the upload are not)",
+               err=True)  # fmt: skip
+    return True
+
+
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output to a reader that may close its end (`| head -1`): that is not an error."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # Later writes, and Python's flush at exit, would fail again on the closed pipe.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _json_text(document: dict[str, Any]) -> str:
+    """The document as JSON that is always valid UTF-8: names are escaped before they get
+    here, and anything that slipped through is written as a \\u escape, never a raw byte."""
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(document, ensure_ascii=True)
+    return text
 
 
 def _with_task(config: AgentConfig) -> AgentConfig:
@@ -217,7 +279,8 @@ def _with_task(config: AgentConfig) -> AgentConfig:
 def _upload(
     config: AgentConfig, results: Sequence[DirResult], no_upload: bool
 ) -> tuple[dict[str, Any], FlushReport | None]:
-    """Queue the results in the outbox, then try once to deliver what is due."""
+    """Queue the results in the outbox, then try once to deliver what is due. Never raises:
+    what was measured is shown whatever happens to the state directory or SMS."""
     note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
     if no_upload:
         return {**note, "message": "Nothing uploaded (--no-upload)."}, None
@@ -229,10 +292,19 @@ def _upload(
         with contextlib.suppress(AgentError):
             delivery.enqueue(config, results)
         return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}, None
-    queued = delivery.enqueue(config, results)
+    try:
+        queued = delivery.enqueue(config, results)
+    except AgentError as exc:
+        waiting = sum(1 for r in results if r.uploadable)
+        message = f"Nothing uploaded: the results could not be queued: {exc}"
+        return {**note, "pending": waiting, "message": message}, None
     if queued.reason:
         return {**note, "message": f"Nothing uploaded: {queued.reason}."}, None
-    report = delivery.flush(config)
+    try:
+        report = delivery.flush(config)
+    except AgentError as exc:
+        message = f"{queued.queued} result(s) queued but not delivered: {exc}"
+        return {**note, "pending": queued.queued, "message": message}, None
     note.update(
         uploaded=report.delivered > 0,
         delivered=report.delivered,
@@ -255,9 +327,11 @@ def _write_metrics(
         click.echo(f"smsagent: warning: metrics not written: {exc}", err=True)
 
 
-def _exit_code(results: Sequence[DirResult], undelivered: bool = False) -> int:
+def _exit_code(
+    results: Sequence[DirResult], undelivered: bool = False, report_failed: bool = False
+) -> int:
     """2 beats 3 beats 1: an undelivered result needs attention even when files differ."""
-    if any(r.error for r in results):
+    if any(r.error for r in results) or report_failed:
         return EXIT_USAGE
     if undelivered:
         return EXIT_UNDELIVERED
@@ -301,6 +375,7 @@ def config_check(config_path: str | None) -> None:
     """Validate a config file and print the effective configuration, secrets masked."""
     path = find_config(config_path)
     config = _load(config_path)
+    check_upload(config)
     click.echo(f"# {path if path else 'no config file found: built-in defaults'}: valid")
     click.echo(render(config))
     if config.reads_task:
@@ -365,7 +440,8 @@ def flush(config_path: str | None, state_dir: str | None, wait: float) -> None:
     _write_metrics(config, flushed=report)
     message = output.flush_message(report, config.task_id)
     click.echo(message, err=report.pending > 0)
-    sys.exit(EXIT_UNDELIVERED if report.pending else EXIT_OK)
+    # A result SMS rejected for good (400, 404) is not delivered either.
+    sys.exit(EXIT_UNDELIVERED if report.pending or report.dead else EXIT_OK)
 
 
 @main.command()

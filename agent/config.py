@@ -349,6 +349,18 @@ def _check_watchable(r: Reader, config: AgentConfig) -> None:
         return
 
 
+def check_upload(config: AgentConfig) -> None:
+    """An endpoint without a task_id is a half-configured upload: a configuration error, not
+    a quiet "nothing uploaded". No endpoint at all means verify and print only."""
+    if config.endpoint and not config.task_id:
+        raise ConfigError(
+            "endpoint is set but task_id is not: set task_id (or --task-id, "
+            "$SMSAGENT_TASK_ID), or remove endpoint to verify and print only",
+            source=config.origin,
+            key="task_id",
+        )
+
+
 def _plain_http_elsewhere(config: AgentConfig, scheme: str, host: str) -> bool:
     return scheme == "http" and not config.allow_insecure_http and not is_loopback(host)
 

@@ -355,12 +355,28 @@ def test_tls_is_verified_and_ca_bundle_is_used(tmp_path: Path, tls_files: dict[s
     context.load_cert_chain(tls_files["cert"], tls_files["key"])
     with Emulator(task_ids=["T"], token=TOKEN, ssl_context=context) as emu:
         assert emu.url.startswith("https://127.0.0.1:")
-        with pytest.raises(UploadError, match="TLS verification failed .*tls.ca_bundle"):
+        with pytest.raises(
+            UploadError, match="certificate of .* could not be verified .*tls.ca_bundle"
+        ):
             open_client(make_config(tmp_path, emu.url)).post_results("T", [entry()])
         assert emu.received == []
         trusted = make_config(tmp_path, emu.url, tls={"ca_bundle": str(tls_files["ca"])})
         open_client(trusted).post_results("T", [entry()])
         assert len(emu.received) == 1
+
+
+@pytest.mark.parametrize("path", ["", "/prefix"])
+def test_https_to_a_plain_http_port_says_the_server_did_not_speak_tls(
+    tmp_path: Path, path: str
+) -> None:
+    with Emulator(task_ids=["T"], token=TOKEN) as emu:
+        endpoint = emu.url.replace("http://", "https://") + path
+        with pytest.raises(UploadError) as caught:
+            open_client(make_config(tmp_path, endpoint)).post_results("T", [entry()])
+    message = str(caught.value)
+    assert "did not speak TLS" in message and "http://" in message
+    assert "certificate" not in message and "ca_bundle" not in message
+    assert message.count("(") == message.count(")"), message
 
 
 def test_iam_renews_once_only(tmp_path: Path) -> None:

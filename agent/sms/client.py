@@ -9,6 +9,7 @@ import enum
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
@@ -211,11 +212,7 @@ class SmsClient:
                 verify=self._session.verify,
             )
         except requests.exceptions.SSLError as exc:
-            raise UploadError(
-                f"TLS verification failed for {url}; set tls.ca_bundle if SMS is reached "
-                f"through an intercepting proxy ({_reason(exc)})",
-                url=url,
-            ) from exc
+            raise UploadError(tls_failure(url, exc), url=url) from exc
         except requests.exceptions.ConnectTimeout as exc:
             raise UploadError(
                 f"no connection to {url} within {self._timeout[0]:g}s", url=url
@@ -297,7 +294,41 @@ def _reason(exc: Exception) -> str:
     while cause.__cause__ is not None or (cause.args and isinstance(cause.args[0], Exception)):
         cause = cause.__cause__ or cause.args[0]
     text = str(cause).split("Caused by ")[-1].strip("()")
-    return text[:200]
+    return _balanced(text[:200])
+
+
+def _balanced(text: str) -> str:
+    """`text` without the closing parentheses its opening ones lost, or with the ones the
+    cut removed: a reason goes inside "(...)" in a message."""
+    while text.count(")") > text.count("(") and text.endswith(")"):
+        text = text[:-1]
+    return text + ")" * max(0, text.count("(") - text.count(")"))
+
+
+# What OpenSSL says when the other end answers a TLS hello with something that is not TLS
+# (most often a plain-HTTP server).
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST",
+            "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL", "record layer failure")  # fmt: skip
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([a-z0-9 ]+)")
+
+
+def tls_failure(url: str, exc: Exception) -> str:
+    """One line saying what went wrong with TLS: the server did not speak it, or its
+    certificate could not be verified, or another handshake failure."""
+    text = str(exc)
+    found = _SSL_REASON.search(text)
+    reason = f"{found.group(1)}: {found.group(2).strip()}" if found else _reason(exc)
+    if any(marker in text for marker in _NOT_TLS):
+        return (
+            f"the server at {url} did not speak TLS ({reason}); if it serves plain HTTP, "
+            "use an http:// endpoint (accepted for loopback or with allow_insecure_http)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            f"the certificate of {url} could not be verified ({reason}); set tls.ca_bundle "
+            "if SMS is reached through an intercepting proxy"
+        )
+    return f"TLS handshake with {url} failed ({reason})"
 
 
 def iam_login(

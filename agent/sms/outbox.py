@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from ..errors import StateError
 from ..model import ConsistencyEntry, validate_entry
 
 DB_NAME = "agent.db"
+# How long a write waits for another process's (a daemon's flush, a second verify).
+BUSY_TIMEOUT = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -110,12 +113,17 @@ def _load(text: str) -> ConsistencyEntry:
 class Outbox:
     """One connection to the state database; use as a context manager."""
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, state_dir: Path, clock: Callable[[], float] = time.time, *, read_only: bool = False
+    ):
         self.path = state_dir / DB_NAME
         self._clock = clock
+        if read_only:
+            self._db = _open_read_only(self.path)
+            return
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -327,6 +335,30 @@ def _set_last(
 def _dead_text(reason: str, status: int | None, code: str | None, msg: str | None) -> str:
     """A dead letter's reason and the server's answer on one line: `rejected 400 SMS.1:` ..."""
     return " ".join(str(p) for p in (reason, status, code and f"{code}:", msg) if p is not None)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for reading a state directory that may be read-only
+    (a read-only mount, another user's files). A missing database reads as empty."""
+    if not path.exists():
+        empty = sqlite3.connect(":memory:")
+        empty.executescript(_SCHEMA)
+        return empty
+    uri = "file:" + urllib.parse.quote(os.fsencode(path)) + "?mode=ro"
+    last: sqlite3.Error | None = None
+    # With WAL, reading needs the -shm file; where it cannot be made (a read-only
+    # directory), the file is read as immutable: nothing can be writing it there anyway.
+    for suffix in ("", "&immutable=1"):
+        db = None
+        try:
+            db = sqlite3.connect(uri + suffix, uri=True, timeout=BUSY_TIMEOUT)
+            db.execute("SELECT count(*) FROM last_results").fetchone()
+            return db
+        except sqlite3.Error as exc:
+            last = exc
+            if db is not None:
+                db.close()
+    raise StateError(f"cannot read the outbox {path}: {last}")
 
 
 def _remove_version(db: sqlite3.Connection, task_id: str, p: Pending) -> int:

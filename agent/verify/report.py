@@ -50,6 +50,10 @@ class ReportWriter:
             except OSError as exc:
                 self.error = exc
 
+    def comment(self, text: str) -> None:
+        """A `# ` line, which no verdict line starts with."""
+        self._write(f"# {text}\n")
+
     def finish(self, *, close: bool) -> None:
         """Write out what is buffered (and close the file), keeping a write error."""
         try:
