@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from agent.config import parse_config
 from agent.names import counted
 from agent.sms import outbox
 from agent.sms.emulator import Emulator
+from agent.verify.cancel import Cancel
 from agent.verify.helper import RACY_SECONDS
 from agent.verify.runner import run_verification
 
@@ -188,7 +188,8 @@ def test_a_verify_beside_the_daemon_on_one_state_directory(tmp_path: Path, emu: 
     try:
         for _ in range(3):
             done = verify("--config", str(config), "--json", state=state, cwd=tmp_path)
-            assert done.returncode == 0, done.stderr
+            # 3 when the daemon queued a newer result for the directory meanwhile.
+            assert done.returncode in (0, 3), done.stderr
             assert document(done)["directories"][0]["num_identical_files"] == 1600
     finally:
         daemon.terminate()
@@ -476,7 +477,7 @@ def test_a_requested_stop_is_logged_as_info(
     src, root = big_pair(tmp_path)
     config = parse_config({"directories": [{"path": str(src)}], "target": str(root),
                            "state_dir": str(tmp_path / "state")})  # fmt: skip
-    stop = threading.Event()
+    stop = Cancel()
     with caplog.at_level(logging.INFO):
         (result,) = run_verification(config, config.directories, use_cache=False, stop=stop,
                                      progress=lambda *_: stop.set())  # fmt: skip

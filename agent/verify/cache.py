@@ -114,6 +114,8 @@ class HashCache:
     def holds(self, scope: str) -> bool:
         """Whether any row belongs to this scope: on a first run none does, and the walk
         need not ask for each directory's."""
+        if any(k[0] == scope and row is not None for k, row in self._unsaved.items()):
+            return True
         if self._db is None:
             return False
         try:
