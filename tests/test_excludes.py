@@ -1,8 +1,15 @@
-"""Gitignore-style exclude patterns, as a table."""
+"""Gitignore-style exclude patterns: a table, and the same verdicts as git on generated
+patterns (`git check-ignore --no-index` is the reference)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.verify.excludes import ExcludeRules
 
@@ -45,3 +52,75 @@ def test_pattern(patterns: list[str], base: str, path: bytes, is_dir: bool,
 def test_empty_rules_are_falsy() -> None:
     assert not ExcludeRules([])
     assert not ExcludeRules(["# only a comment"])
+
+
+# --- the same verdicts as git -------------------------------------------------------------
+
+TREE = {  # path: is a directory
+    "a": True, "a/b": True, "a/b/c": False, "a/b/d.log": False, "a/x.log": False,
+    "b": True, "b/a": False, "foo": False, "foo ": False, "foo\\": False, "a b": False,
+    ".hidden": False, "c.tmp": True, "c.tmp/inner": False, "]": False, "x[y": False,
+}  # fmt: skip
+TOKENS = ["a", "b", "c", "foo", "/", "*", "**", "?", "[ab]", "[!a]", "[]a]", "\\*", "\\ ", " ",
+          ".log", ".tmp", "x", "\\[", "\\!", "\\#", "d"]  # fmt: skip
+
+
+def pattern() -> st.SearchStrategy[str]:
+    body = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=5).map("".join)
+    return st.tuples(st.sampled_from(["", "!", "/", "**/"]), body,
+                     st.sampled_from(["", "/", "/**"])).map("".join)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def git_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path_factory.mktemp("gitignore")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    for path, is_dir in TREE.items():
+        if is_dir:
+            (root / path).mkdir(parents=True, exist_ok=True)
+        else:
+            (root / path).write_text("x")
+    return root
+
+
+def git_ignored(root: Path, patterns: list[str]) -> set[str]:
+    """The paths of TREE that `git check-ignore --no-index` calls ignored (a path under an
+    ignored directory is ignored: the agent does not enter that directory)."""
+    (root / ".gitignore").write_text("".join(p + "\n" for p in patterns))
+    done = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "--no-index", "-z", "--stdin"],
+        input="".join(p + "\0" for p in TREE).encode(), capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    hits = {p.decode() for p in done.stdout.split(b"\0") if p}
+    return {p for p in TREE if any(p == h or p.startswith(h.rstrip("/") + "/") for h in hits)}
+
+
+def agent_ignored(patterns: list[str]) -> set[str]:
+    rules = ExcludeRules(patterns, base="/nowhere")
+    out = set()
+    for path in TREE:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(rules.excluded(p.encode(), TREE[p]) for p in prefixes):
+            out.add(path)
+    return out
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(patterns=st.lists(pattern(), min_size=1, max_size=3))
+def test_the_same_paths_are_excluded_as_by_git(git_tree: Path, patterns: list[str]) -> None:
+    assert agent_ignored(patterns) == git_ignored(git_tree, patterns), patterns
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [["foo\\ "], ["foo "], ["foo\\\\ "], ["[]a]"], ["\\!b", "b"], ["a/", "!a/b"], ["**/c"],
+     ["a/**"], ["a/**/d.log"], ["*.tmp/"], ["\\#x"], [" foo"]],
+)  # fmt: skip
+def test_known_cases_agree_with_git(git_tree: Path, patterns: list[str]) -> None:
+    assert agent_ignored(patterns) == git_ignored(git_tree, patterns), patterns

@@ -50,7 +50,9 @@ def _translate(body: str) -> bytes:
         elif c == b"?":
             out.append(b"[^/]")
         elif c == b"[":
-            end = raw.find(b"]", i + 2 if raw[i + 1 : i + 2] in (b"!", b"^") else i + 1)
+            # A `]` first in the class (after a `!` or `^`) is a member, not its end.
+            first = i + 2 if raw[i + 1 : i + 2] in (b"!", b"^") else i + 1
+            end = raw.find(b"]", first + 1)
             if end == -1:
                 out.append(re.escape(c))
             else:
@@ -68,8 +70,21 @@ def _translate(body: str) -> bytes:
     return b"".join(out)
 
 
+def _trim(pattern: str) -> str:
+    """The pattern without its trailing spaces, as git reads it: a space escaped with a
+    backslash stays (`foo\\ ` is `foo` and a space), other whitespace is kept."""
+    text = pattern.rstrip("\n")
+    end = len(text)
+    while end and text[end - 1] == " ":
+        slashes = len(text[: end - 1]) - len(text[: end - 1].rstrip("\\"))
+        if slashes % 2:  # escaped: this space and everything before it stay
+            break
+        end -= 1
+    return text[:end]
+
+
 def _compile(pattern: str) -> _Rule | None:
-    text = pattern.strip()
+    text = _trim(pattern)
     if not text or text.startswith("#"):
         return None
     negate = text.startswith("!")
