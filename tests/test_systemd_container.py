@@ -308,7 +308,7 @@ def test_stop_mid_scan_exits_0_within_10s(machine: Machine) -> None:
     since = machine.cursor()
     ok, detail = machine.start_ready(verb="restart")
     assert ok, detail
-    machine.wait_journal(since, r"verifying 1 directories")
+    machine.wait_journal(since, r"verifying 1 directory")
     time.sleep(3)
     assert _timed_stop(machine) < 10
     log = machine.journal(since)
