@@ -99,7 +99,7 @@ def git_ignored(root: Path, patterns: list[str]) -> set[str]:
 
 
 def agent_ignored(patterns: list[str]) -> set[str]:
-    rules = ExcludeRules(patterns, base="/nowhere")
+    rules = ExcludeRules(patterns, base="/")  # the absolute-path extension adds nothing here
     out = set()
     for path in TREE:
         parts = path.split("/")

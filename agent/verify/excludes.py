@@ -58,7 +58,7 @@ def _translate(body: str) -> bytes:
             else:
                 inner = raw[i + 1 : end]
                 if inner[:1] in (b"!", b"^"):
-                    inner = b"^" + inner[1:]
+                    inner = b"^" + inner[1:] + b"/"  # as in git, no class matches a slash
                 out.append(b"[" + inner.replace(b"\\", b"\\\\") + b"]")
                 i = end
         elif c == b"\\" and i + 1 < n:
@@ -90,10 +90,11 @@ def _compile(pattern: str) -> _Rule | None:
     negate = text.startswith("!")
     if negate:
         text = text[1:]
+    # One slash each end is syntax, as in git (`a//` is `a/` for directories: no match).
     dir_only = text.endswith("/")
-    text = text.rstrip("/")
+    text = text[:-1] if dir_only else text
     absolute = text.startswith("/")
-    body = text.lstrip("/")
+    body = text[1:] if absolute else text
     if not body:
         return None
     anchored = absolute or "/" in body
