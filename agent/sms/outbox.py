@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -345,19 +347,26 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         empty.executescript(_SCHEMA)
         return empty
     uri = "file:" + urllib.parse.quote(os.fsencode(path)) + "?mode=ro"
-    last: sqlite3.Error | None = None
-    # With WAL, reading needs the -shm file; where it cannot be made (a read-only
-    # directory), the file is read as immutable: nothing can be writing it there anyway.
-    for suffix in ("", "&immutable=1"):
-        db = None
-        try:
-            db = sqlite3.connect(uri + suffix, uri=True, timeout=BUSY_TIMEOUT)
-            db.execute("SELECT count(*) FROM last_results").fetchone()
-            return db
-        except sqlite3.Error as exc:
-            last = exc
-            if db is not None:
-                db.close()
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
+        db.execute("SELECT count(*) FROM last_results").fetchone()
+        return db
+    except sqlite3.Error as exc:
+        last: Exception = exc
+    # With WAL, reading needs the -shm file; where it cannot be made (a read-only directory)
+    # a copy of the database and its WAL is read, so committed results in the WAL count.
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for suffix in ("", "-wal"):
+                if os.path.exists(f"{path}{suffix}"):
+                    shutil.copyfile(f"{path}{suffix}", os.path.join(scratch, DB_NAME + suffix))
+            copy = sqlite3.connect(os.path.join(scratch, DB_NAME))
+            memory = sqlite3.connect(":memory:")
+            copy.backup(memory)
+            copy.close()
+            return memory
+    except (OSError, sqlite3.Error) as exc:
+        last = exc
     raise StateError(f"cannot read the outbox {path}: {last}")
 
 
