@@ -3,6 +3,7 @@ patterns (`git check-ignore --no-index` is the reference)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,8 +68,12 @@ TOKENS = ["a", "b", "c", "foo", "/", "*", "**", "?", "[ab]", "[!a]", "[]a]", "\\
 
 def pattern() -> st.SearchStrategy[str]:
     body = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=5).map("".join)
+    # Only `**` standing alone between slashes (or at an end): git's documentation calls any
+    # other run of asterisks plain `*`, but git itself is not consistent there (`a**/**`
+    # ignores `a` itself), so those patterns are not a reference for the agent.
     return st.tuples(st.sampled_from(["", "!", "/", "**/"]), body,
-                     st.sampled_from(["", "/", "/**"])).map("".join)  # fmt: skip
+                     st.sampled_from(["", "/", "/**"])).map("".join).filter(
+                         lambda p: not re.search(r"[^/]\*\*|\*\*[^/]", p))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
