@@ -115,7 +115,10 @@ def agent_ignored(patterns: list[str]) -> set[str]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same draws in every CI run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(patterns=st.lists(pattern(), min_size=1, max_size=3))
 def test_the_same_paths_are_excluded_as_by_git(git_tree: Path, patterns: list[str]) -> None:
