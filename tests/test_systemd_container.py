@@ -341,7 +341,12 @@ def test_state_survives_a_restart(machine: Machine) -> None:
     assert ok, detail
     assert machine.scans(since, "/srv/local/src") == [0]  # a new process, the same cache
     machine.wait_journal(since, r"upload failed")
-    assert machine.status()["pending"]["count"] == len(PAIRS)  # type: ignore[index]
+    # Results are queued as each directory ends, so the first failed upload may come
+    # before the last directory is queued: wait for all of them, not for one line.
+    deadline = time.monotonic() + 30
+    while machine.status()["pending"]["count"] != len(PAIRS):  # type: ignore[index]
+        assert time.monotonic() < deadline, machine.status()
+        time.sleep(0.5)
     # Restart on a config without those directories: what reaches SMS for them afterwards
     # can only come from the outbox the previous process left on disk.
     machine.write_config(agent_yaml(SLOW))
