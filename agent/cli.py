@@ -6,32 +6,24 @@ could not be verified, 3 results queued but not delivered.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__, output
-from .config import (
-    AgentConfig,
-    check_upload,
-    find_config,
-    load_config,
-    normalise_dir,
-    render,
-    to_yaml,
-)
+from . import __version__, output, publish, terminal
+from .config import AgentConfig, check_upload, normalise_dir
+from .config_file import find_config, load_config, render, to_yaml
 from .errors import AgentError, ConfigError
-from .model import MAX_COUNT, DirResult
+from .model import DirResult
 from .names import escape
-from .verify.report import ReportWriter
+from .verify.report import ReportWriter, open_report
 from .verify.runner import run_verification
 
 if TYPE_CHECKING:
@@ -163,25 +155,18 @@ def verify(
         "limits.workers": workers, "mode": "quick" if quick else None,
         "modify_window": modify_window,
     })  # fmt: skip
-    config = _with_task(config)
+    if config.reads_task:
+        from .sms import task  # imported here: requests is slow to load
+
+        config = task.applied(config)
     if not no_upload:
         check_upload(config)
-    report_file: IO[str] | None = None
-    if report_path == "-":
-        report_file = sys.stdout  # the table then goes to stderr
-    elif report_path:
-        try:
-            # A large buffer: a write per 8 KiB stalled the engine on a busy disk.
-            report_file = open(  # noqa: SIM115 - closed by the writer's finish()
-                report_path, "w", encoding="utf-8", newline="\n", buffering=1 << 20
-            )
-        except OSError as exc:
-            raise AgentError(f"--report {report_path}: {exc.strerror}") from None
+    report_file = open_report(report_path) if report_path else None
     writer = ReportWriter(report_file) if report_file else None
     if writer is not None and config.verify_mode == "quick":
         # The combined format's lines start with a mark; a quick check says so first.
         writer.comment(output.mode_line(config.modify_window))
-    progress = _Progress() if sys.stdout.isatty() and not as_json else None
+    progress = terminal.Progress() if sys.stdout.isatty() and not as_json else None
     try:
         results = run_verification(
             config,
@@ -196,19 +181,14 @@ def verify(
         if writer:
             writer.finish(close=report_file is not sys.stdout)
     report_failed = writer is not None and _report_failed(writer, report_path or "")
-    for result in results:
-        for field_name in result.clamped_fields():
-            click.echo(
-                f"smsagent: warning: {escape(result.dir_check)}: {field_name} is above "
-                f"{MAX_COUNT:,}; {MAX_COUNT:,} is sent, the true figure is in the local report",
-                err=True,
-            )
-    upload_note, flushed = _upload(config, results, no_upload)
+    for warning in output.clamp_warnings(results):
+        click.echo(f"smsagent: warning: {warning}", err=True)
+    upload_note, flushed = publish.upload(config, results, no_upload)
     _write_metrics(config, results, flushed)
-    with _reader_may_leave():
+    with terminal.reader_may_leave():
         if as_json:
             document = output.verify_document(results, upload_note, time.monotonic() - started)
-            click.echo(_json_text(document))
+            click.echo(output.json_text(document))
         else:
             for line in output.verify_table(results, time.monotonic() - started):
                 click.echo(line, err=report_path == "-")
@@ -227,92 +207,13 @@ def _report_failed(writer: ReportWriter, report_path: str) -> bool:
     if error is None:
         return False
     if report_path == "-" and isinstance(error, BrokenPipeError):
-        _silence_stdout()
+        terminal.silence_stdout()
         return False
     why = error.strerror or str(error)
     click.echo(f"smsagent: Report error: --report {report_path}: cannot write: {why}; "
                "the report is incomplete (the table, --json and the upload are not)",
                err=True)  # fmt: skip
     return True
-
-
-@contextlib.contextmanager
-def _reader_may_leave() -> Iterator[None]:
-    """Output to a reader that may close its end (`| head -1`): that is not an error."""
-    try:
-        yield
-    except BrokenPipeError:
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    # Later writes, and Python's flush at exit, would fail again on the closed pipe.
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
-def _json_text(document: dict[str, Any]) -> str:
-    """The document as JSON that is always valid UTF-8: names are escaped before they get
-    here, and anything that slipped through is written as a \\u escape, never a raw byte."""
-    text = json.dumps(document, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(document, ensure_ascii=True)
-    return text
-
-
-def _with_task(config: AgentConfig) -> AgentConfig:
-    """The configuration with the task's settings applied, when it takes any from the task."""
-    if not config.reads_task:
-        return config
-    from .sms import task  # imported here: requests is slow to load
-
-    resolved, settings = task.resolve(config)
-    if settings is not None:
-        log.info("task %s: directories %s", settings.task_id, ", ".join(settings.directories))
-    return resolved
-
-
-def _upload(
-    config: AgentConfig, results: Sequence[DirResult], no_upload: bool
-) -> tuple[dict[str, Any], FlushReport | None]:
-    """Queue the results in the outbox, then try once to deliver what is due. Never raises:
-    what was measured is shown whatever happens to the state directory or SMS."""
-    note: dict[str, Any] = {"uploaded": False, "delivered": 0, "pending": 0, "dead": 0}
-    if no_upload:
-        return {**note, "message": "Nothing uploaded (--no-upload)."}, None
-    from .sms import delivery  # imported here: requests is slow to load and --no-upload needs none
-
-    if not config.endpoint or not config.task_id:
-        missing = "endpoint" if not config.endpoint else "task_id"
-        # Still remembered for `smsagent status`, where the state directory is usable.
-        with contextlib.suppress(AgentError):
-            delivery.enqueue(config, results)
-        return {**note, "message": f"Nothing uploaded: no SMS {missing} is configured."}, None
-    try:
-        queued = delivery.enqueue(config, results)
-    except AgentError as exc:
-        waiting = sum(1 for r in results if r.uploadable)
-        message = f"Nothing uploaded: the results could not be queued: {exc}"
-        return {**note, "pending": waiting, "message": message}, None
-    if queued.reason:
-        return {**note, "message": f"Nothing uploaded: {queued.reason}."}, None
-    try:
-        report = delivery.flush(config)
-    except AgentError as exc:
-        message = f"{queued.queued} result(s) queued but not delivered: {exc}"
-        return {**note, "pending": queued.queued, "message": message}, None
-    note.update(
-        uploaded=report.delivered > 0,
-        delivered=report.delivered,
-        pending=report.pending,
-        dead=report.dead,
-        message=output.flush_message(report, config.task_id),
-    )
-    return note, report
 
 
 def _write_metrics(
@@ -338,30 +239,6 @@ def _exit_code(
     if any(not r.counts.consistent for r in results):
         return EXIT_DIFFERENT
     return EXIT_OK
-
-
-class _Progress:
-    """A one-line progress display on stderr, refreshed at most five times a second."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, dir_check: str, files: int, nbytes: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        text = output.progress_line(dir_check, files, nbytes, now - self.started)
-        sys.stderr.write("\r\x1b[K" + text[:200])
-        sys.stderr.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 @main.group("config")

@@ -6,22 +6,19 @@ how `describe()` shows it, the command-line option that overrides it). Parsing, 
 and `with_overrides` all walk these fields, so adding a key is one line here, plus a reader
 in `config_values` if none fits and a rule in `_check` if it depends on other keys.
 
-Two steps, as in pypa/build: `load_config` only does I/O and turns read and parse errors into
-`ConfigError` naming the file; `parse_config` is pure and checks every key, reporting all
-problems at once, each with its dotted key and a "did you mean" hint for typos.
+Two steps, as in pypa/build: `config_file.load_config` only does I/O and turns read and parse
+errors into `ConfigError` naming the file; `parse_config` here is pure and checks every key,
+reporting all problems at once, each with its dotted key and a "did you mean" hint for typos.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import yaml
 
 from . import config_values as v
 from .config_values import Reader
@@ -33,8 +30,6 @@ from .config_values import parse_window as parse_window
 from .errors import ConfigError
 from .secret import Secret
 
-SYSTEM_CONFIG = Path("/etc/smsagent/agent.yaml")
-LOCAL_CONFIG = Path("config/agent.yaml")
 SYSTEM_STATE_DIR = Path("/var/lib/smsagent")
 # `directories: from_task` (or an item of the list) takes the task's CONSISTENCY_DIR at each run.
 FROM_TASK = "from_task"
@@ -383,70 +378,6 @@ def parse_config(
     return replace(config, warnings=tuple(warnings))
 
 
-def find_config(explicit: str | None) -> Path | None:
-    """--config, then $SMSAGENT_CONFIG, then /etc/smsagent/agent.yaml, then config/agent.yaml."""
-    if explicit:
-        return Path(explicit)
-    from_env = os.environ.get("SMSAGENT_CONFIG")
-    if from_env:
-        return Path(from_env)
-    for candidate in (SYSTEM_CONFIG, LOCAL_CONFIG):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_config(path: Path | None) -> AgentConfig:
-    """Read and parse a config file; with no file, the defaults."""
-    if path is None:
-        return parse_config({}, source="<defaults>")
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a YAML file", source=str(path)) from None
-    except PermissionError:
-        raise ConfigError("permission denied while reading", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"not valid YAML{where}: {problem}", source=str(path)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError("the top level must be a mapping of keys", source=str(path))
-    config = parse_config(data, source=str(path), base=str(path.resolve().parent))
-    if config.auth.token is not None and _readable_by_others(path):
-        warning = (
-            f"{path}: auth.token is written inline and the file is readable by group or others; "
-            "prefer auth.token_file with mode 0600"
-        )
-        config = replace(config, warnings=config.warnings + (warning,))
-    return config
-
-
-def _readable_by_others(path: Path) -> bool:
-    try:
-        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
-    except OSError:
-        return False
-
-
 def describe(config: AgentConfig) -> dict[str, Any]:
     """The effective configuration as plain data, secrets masked, for `config check`."""
     return {"config_file": config.origin, **v.show_section(config, config)}
-
-
-def render(config: AgentConfig) -> str:
-    """The effective configuration as YAML, secrets masked."""
-    return to_yaml(describe(config))
-
-
-def to_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()

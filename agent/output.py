@@ -5,11 +5,12 @@ Nothing here prints; `cli.py` does. Keeping the shapes here lets them be tested 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .model import DirResult
+from .model import MAX_COUNT, DirResult
 from .verify.report import escape
 from .verify.targets import ALGORITHMS, parse_target
 
@@ -156,6 +157,27 @@ def result_document(r: DirResult) -> dict[str, Any]:
         "error_samples": list(r.notes),
         "clamped_fields": r.clamped_fields(),
     }
+
+
+def clamp_warnings(results: Sequence[DirResult]) -> list[str]:
+    """One line per count above what SMS accepts: the true figure stays in the local report."""
+    return [
+        f"{escape(r.dir_check)}: {name} is above {MAX_COUNT:,}; {MAX_COUNT:,} is sent, "
+        "the true figure is in the local report"
+        for r in results
+        for name in r.clamped_fields()
+    ]
+
+
+def json_text(document: dict[str, Any]) -> str:
+    """The document as JSON that is always valid UTF-8: names are escaped before they get
+    here, and anything that slipped through is written as a \\u escape, never a raw byte."""
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(document, ensure_ascii=True)
+    return text
 
 
 def progress_line(dir_check: str, files: int, nbytes: int, seconds: float) -> str:

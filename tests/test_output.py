@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from agent.model import ENTRY_FIELDS, DirCounts, DirResult
-from agent.output import flush_message, human_bytes, table, verify_document, verify_table
+from agent.model import ENTRY_FIELDS, MAX_COUNT, DirCounts, DirResult
+from agent.output import (
+    clamp_warnings,
+    flush_message,
+    human_bytes,
+    json_text,
+    table,
+    verify_document,
+    verify_table,
+)
 from agent.sms.delivery import FlushReport
 
 SAME = DirResult("/srv", "/mnt/t/srv", DirCounts(total=3, identical=3, bytes_hashed=1500), 1.25)
@@ -56,3 +64,19 @@ def test_the_json_document_posts_only_what_was_verified() -> None:
 def test_flush_message(report: FlushReport, words: list[str]) -> None:
     text = flush_message(report, "T")
     assert all(w in text for w in words), text
+
+
+def test_a_count_above_the_limit_is_warned_about_with_the_true_figure_kept() -> None:
+    big = DirResult("/big", "/t/big", DirCounts(total=MAX_COUNT + 5, identical=MAX_COUNT + 5), 1.0)
+    small = DirResult("/small", "/t/small", DirCounts(total=3, identical=3), 1.0)
+    assert clamp_warnings([small, big]) == [
+        f"/big: num_total_files is above {MAX_COUNT:,}; {MAX_COUNT:,} is sent, "
+        "the true figure is in the local report"
+    ]
+
+
+def test_json_text_is_always_valid_utf8() -> None:
+    assert json_text({"name": "caf\u00e9"}) == '{"name": "caf\u00e9"}'
+    lone = json_text({"name": "a\udcff"})  # a surrogate no UTF-8 encoder takes
+    assert lone == '{"name": "a\\udcff"}'
+    lone.encode("utf-8")

@@ -21,7 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Callable
 
-from ..config import AgentConfig, load_config
+from ..config import AgentConfig
+from ..config_file import load_config
 from ..errors import AgentError
 from ..model import DirResult
 from ..names import counted

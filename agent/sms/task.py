@@ -330,6 +330,14 @@ def resolve(
     return apply_settings(config, task), task
 
 
+def applied(config: AgentConfig) -> AgentConfig:
+    """`config` with the task's settings applied, when it takes any from the task."""
+    resolved, settings = resolve(config)
+    if settings is not None:
+        log.info("task %s: directories %s", settings.task_id, ", ".join(settings.directories))
+    return resolved
+
+
 def read_from_sms(config: AgentConfig) -> TaskSettings:
     """GET the settings with the upload's client: the same auth, TLS rules and error mapping."""
     from .client import open_client  # requests is slow to load; only runs reading a task need it

@@ -3,9 +3,11 @@ escaping rule (agent/names.py) for the paths shown in reports, logs and JSON."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from typing import IO, Callable, Protocol
 
+from ..errors import AgentError
 from ..model import DirCounts, Verdict
 from ..names import escape
 
@@ -30,6 +32,17 @@ def join_display(dir_check: str, rel: bytes) -> str:
     """The source-side path of an entry, escaped: `/var` + `log/x` -> `/var/log/x`."""
     base = escape(dir_check).rstrip("/")
     return f"{base}/{escape(rel)}" if rel else (base or "/")
+
+
+def open_report(path: str) -> IO[str]:
+    """Where `--report` goes: "-" is stdout, else the file, created or emptied."""
+    if path == "-":
+        return sys.stdout  # the table then goes to stderr
+    try:
+        # A large buffer: a write per 8 KiB stalled the engine on a busy disk.
+        return open(path, "w", encoding="utf-8", newline="\n", buffering=1 << 20)  # noqa: SIM115
+    except OSError as exc:
+        raise AgentError(f"--report {path}: {exc.strerror}") from None
 
 
 class ReportWriter:
