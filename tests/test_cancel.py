@@ -82,3 +82,19 @@ def test_helpers_started_after_terminate_are_ended_at_once() -> None:
     late = Helper()
     cancel.adopt([late])  # type: ignore[list-item]
     assert late.process.ended
+
+
+def test_a_stopped_run_starts_no_helper_for_the_directories_left(tmp_path: Path) -> None:
+    config = parse_config({
+        # Nothing answers there: a helper started for it would wait for the connect timeout.
+        "directories": [{"path": str(tmp_path), "target": "ssh://root@192.0.2.1/srv"},
+                        {"path": "/srv", "target": str(tmp_path)}],
+        "state_dir": str(tmp_path / "state"), "ssh": {"connect_timeout": 30},
+    })  # fmt: skip
+    cancel = Cancel()
+    cancel.set()
+    asked = time.monotonic()
+    results = run_verification(config, config.directories, stop=cancel)
+    assert time.monotonic() - asked < 5
+    assert [r.error for r in results] == ["interrupted before the directory was verified"] * 2
+    assert not any(r.uploadable for r in results)

@@ -214,6 +214,75 @@ def test_sigterm_stops_a_verification_in_progress(
                            for line in stopped), stopped  # fmt: skip
 
 
+def helper_pids(pid: int) -> set[int]:
+    """The helper processes `pid` has started (its children running agent/verify/helper.py)."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                children = [int(x) for x in fh.read().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as fh:
+                    if b"helper" in fh.read():
+                        found.add(child)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    def running(p: int) -> bool:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    return {p for p in pids if running(p)}
+
+
+def test_sighup_mid_scan_cancels_the_run_and_verifies_again_on_the_new_config(
+    tmp_path: Path, emulator: Emulator, agents: list[Agent]
+) -> None:
+    agent = Agent(tmp_path, emulator.url, limits={"read_mb_per_s": 1},
+                  schedule={"interval": "1h", "jitter": 0})  # fmt: skip
+    big = os.urandom(1 << 20) * 40  # 40 MB at 1 MB/s: a run of about a minute per side
+    (agent.src / "big.bin").write_bytes(big)
+    (agent.dst / "big.bin").write_bytes(big[:-1] + b"X")  # differs, but only in its last byte
+    agents.append(agent.start())
+    assert agent.proc is not None
+    helpers = wait_for(lambda: helper_pids(agent.proc.pid), 10, "the helpers")
+    time.sleep(1.5)  # hashing big.bin, slowly
+    helpers |= helper_pids(agent.proc.pid)
+    assert len(helpers) >= 2, helpers  # a source and a target side
+    agent.settings["exclude"] = ["cache/", "big.bin"]
+    agent.write_config()
+    hup = time.monotonic()
+    agent.signal(signal.SIGHUP)
+    wait_for(lambda: not alive(helpers), 5, "the cut-short run's helpers to end")
+    assert time.monotonic() - hup < 5
+    got = wait_for(lambda: results_for(emulator, agent.src), 10, "the new run's result")
+    # The first result SMS got is the new run's, without big.bin: nothing of the run cut short
+    # (which had not read big.bin to its end) was posted, and none was queued either.
+    assert got[0]["num_total_files"] == 2 and got[0]["num_different_files"] == 0, got
+    log = agent.log()
+    assert "SIGHUP: the verification in progress is cancelled; its 1 directory" in log, log
+    assert "reloading: queueing the 0 directories verified before the reload" in log, log
+    assert log.count("verified in") == 1, log  # only the new run finished
+    code, _ = agent.terminate()
+    assert code == 0
+    with Outbox(agent.state) as box:
+        assert [r.entry.num_total_files for r in box.last_results() if r.entry] == [2]
+        assert box.pending() == []
+
+
 def test_sigkill_then_restart_delivers_everything(
     tmp_path: Path, emulator: Emulator, agents: list[Agent]
 ) -> None:

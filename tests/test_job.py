@@ -4,14 +4,15 @@ stopped through its cancel handle."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, parse_config
+from agent.config import AgentConfig, ScheduleConfig, parse_config
 from agent.errors import TargetError
 from agent.model import DirCounts, DirResult
-from agent.service.job import Job, summarize, verify_and_queue
+from agent.service.job import Job, run_unaffected, summarize, verify_and_queue
 from agent.sms.outbox import Outbox
 from agent.verify.cancel import Cancel
 
@@ -92,3 +93,86 @@ def test_job_runs_on_its_thread_and_stops_through_its_cancel(tmp_path: Path) -> 
     assert woke.acquire(timeout=10)
     done = job.finished()
     assert done is not None and done.summary == "interrupted" and not job.busy
+
+
+@pytest.mark.parametrize(("change", "unaffected"), [
+    ({}, True),
+    ({"schedule": {"interval": "1h"}}, True),  # when runs start, not what they do
+    ({"upload": {"backoff_max": "1s"}, "metrics": {"textfile": "/m.prom"}}, True),
+    ({"directories": ["/b", "/a", "/c"]}, True),  # another directory, and another order
+    ({"directories": ["/a"]}, False),  # /b is no longer to be verified
+    ({"exclude": ["*.tmp"]}, False),
+    ({"target": "/elsewhere"}, False),
+    ({"limits": {"read_mb_per_s": 5}}, False),
+    ({"task_id": "U"}, False),  # the results belong to another task
+    ({"state_dir": "/other"}, False),
+    ({"mode": "quick"}, False),
+])  # fmt: skip
+def test_a_reload_leaves_a_run_alone_only_when_it_changes_nothing_the_run_does(
+    tmp_path: Path, change: dict[str, object], unaffected: bool
+) -> None:
+    old = config_for(tmp_path)
+    raw = {"state_dir": str(tmp_path / "state"), "target": "/t",
+           "endpoint": "http://127.0.0.1:9", "task_id": "T", "directories": ["/a", "/b"]}  # fmt: skip
+    new = parse_config({**raw, **change})
+    assert run_unaffected(old, new, ["/a", "/b"]) is unaffected
+
+
+def test_a_run_that_reads_the_task_is_never_left_alone(tmp_path: Path) -> None:
+    old = config_for(tmp_path)
+    reads = replace(old, directories_from_task=True)
+    assert reads.reads_task
+    assert not run_unaffected(reads, reads, ["/a", "/b"])
+
+
+class HeldRun:
+    """Stands in for run_verification as the real one behaves on a stop: /a is finished at
+    once, /b is held until the run is stopped, and then carries the interruption."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.stop_reason = ""
+
+    def __call__(self, c: AgentConfig, directories: object, stop: Cancel) -> list[DirResult]:
+        self.started.set()
+        stop.wait(30)
+        self.stop_reason = stop.reason
+        return [result("/a"), result("/b", error="interrupted before the directory was fully "
+                                                 "verified")]  # fmt: skip
+
+
+def test_a_reload_ends_the_run_queues_what_it_finished_and_names_all_to_redo(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_for(tmp_path)
+    woke = threading.Semaphore(0)
+    run = HeldRun()
+    job = Job(run, woke.release, lambda: 0.0)
+    job.start(config, config.directories)
+    assert run.started.wait(10)
+    with caplog.at_level("INFO"):
+        job.supersede(config, replace(config, exclude=("*.tmp",)), "SIGHUP")
+        assert woke.acquire(timeout=10), "the run did not end on the reload"
+    done = job.finished()
+    assert done is not None and not job.busy
+    assert done.superseded == ("/a", "/b") and done.queued == 1 and run.stop_reason == "reload"
+    with Outbox(config.state_dir) as box:  # the interrupted /b is neither queued nor recorded
+        assert [p.entry.dir_check for p in box.pending()] == ["/a"]
+        assert [r.dir_check for r in box.last_results()] == ["/a"]
+    assert "SIGHUP: the verification in progress is cancelled; its 2 directories" in caplog.text
+    assert "reloading: queueing the 1 directory verified before the reload" in caplog.text
+
+
+def test_a_reload_that_changes_nothing_the_run_does_lets_it_finish(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    woke = threading.Semaphore(0)
+    run = HeldRun()
+    job = Job(run, woke.release, lambda: 0.0)
+    job.start(config, config.directories)
+    assert run.started.wait(10)
+    job.supersede(config, replace(config, schedule=ScheduleConfig(interval=60)), "SIGHUP")
+    assert not woke.acquire(timeout=0.5), "the run was cut short"
+    job.stop(grace=5, deadline=10)
+    assert woke.acquire(timeout=10)
+    done = job.finished()
+    assert done is not None and done.superseded == () and run.stop_reason == "stop"

@@ -77,8 +77,15 @@ class _ConfigFile:
         current = config_signature(self.path)
         return current is not None and current != self.signature
 
-    def reloaded(self) -> None:
-        self.signature = config_signature(self.path)
+    def reload_reason(self, now: float, hup: bool) -> str | None:
+        """Why to reload now (SIGHUP, or the file changed), or None; the file is then taken
+        as read."""
+        reason = "the config file changed" if self.changed(now) else None
+        if hup:
+            reason = "SIGHUP"
+        if reason:
+            self.signature = config_signature(self.path)
+        return reason
 
 
 def write_metrics(
@@ -276,13 +283,9 @@ class Daemon:
             if self._ping_every is not None and mono >= next_ping:
                 self.notifier.watchdog()
                 next_ping = mono + self._ping_every
-            reload_reason = None
-            if self._hup:
-                self._hup, reload_reason = False, "SIGHUP"
-            if config_file.changed(mono):
-                reload_reason = reload_reason or "the config file changed"
+            hup, self._hup = self._hup, False
+            reload_reason = config_file.reload_reason(mono, hup)
             if reload_reason:
-                config_file.reloaded()
                 self._reload(reload_reason)
             if self._watch is not None:
                 if mono >= next_watch_check:
@@ -311,8 +314,11 @@ class Daemon:
         finished = self._job.finished()
         if finished is not None:
             self.scheduler.finish(finished.paths, self._clock())
-            if finished.config is not None and finished.config != self.config:
-                self._adopt(self.config, finished.config)
+            for path in finished.superseded:  # cut short by a reload: again, on the new config
+                self.scheduler.request(path)
+            fresh = finished.config  # the task's settings, unless a reload came since
+            if fresh is not None and not finished.superseded and fresh != self.config:
+                self._adopt(self.config, fresh)
             if finished.summary is None:
                 return
             when = datetime.fromtimestamp(self._clock())
@@ -353,8 +359,9 @@ class Daemon:
             return
         self._task, new = follow_task(self._task, new, self._monotonic)
         if new == self.config:
-            log.info("%s: configuration unchanged", reason)
+            log.info("%s: configuration unchanged", reason)  # a run in progress goes on
         else:
+            self._job.supersede(self.config, new, reason)  # unless it does the same on `new`
             self._adopt(self.config, new)
             log.info("%s: configuration reloaded from %s", reason, new.origin)
         self.notifier.ready(self._status_text())

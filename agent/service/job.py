@@ -1,12 +1,13 @@
 """The daemon's verification job: one run at a time on its own thread, verified, queued for SMS
-and summed up in one line, and stopped through the run's cancel handle."""
+and summed up in one line, and stopped, or cut short by a reload, through the run's cancel
+handle."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, List
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 Verify = Callable[..., List[DirResult]]
 
+# What a running verification never reads: a reload that changes only these lets it finish,
+# since its results are then exactly what a new run would give.
+NOT_READ_BY_A_RUN = ("schedule", "upload", "auth", "tls", "metrics", "origin", "warnings")
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -31,6 +36,22 @@ class Finished:
     queued: int
     summary: str | None  # None: nothing was verified (only the task's settings were read)
     config: AgentConfig | None = None  # with the task's settings as just read
+    # Cut short by a reload: the directories it was started with, to verify again at once.
+    superseded: tuple[str, ...] = ()
+
+
+def run_unaffected(old: AgentConfig, new: AgentConfig, paths: Collection[str]) -> bool:
+    """Whether `new` verifies and queues the directories `paths` exactly as `old` does: only the
+    schedule, the delivery's settings, the metrics file or other directories differ."""
+    if old.reads_task or new.reads_task:
+        return False  # the run reads the task's settings, and with the old configuration
+
+    def what_a_run_reads(config: AgentConfig) -> AgentConfig:
+        ours = sorted((d for d in config.directories if d.path in paths), key=lambda d: d.path)
+        unread = {name: getattr(old, name) for name in NOT_READ_BY_A_RUN}
+        return replace(config, directories=tuple(ours), **unread)
+
+    return what_a_run_reads(old) == what_a_run_reads(new)
 
 
 def result_fields(result: DirResult) -> dict[str, object]:
@@ -77,8 +98,9 @@ def verify_and_queue(
         if cancel.is_set():
             # Directories finished before the stop are kept; the one cut short is not.
             results = [r for r in results if r.error is None]
-            log.info("stopping: queueing the %s verified before the stop",
-                     counted(len(results), "directory", "directories"))  # fmt: skip
+            doing = "stopping" if cancel.reason == "stop" else "reloading"
+            log.info("%s: queueing the %s verified before the %s", doing,
+                     counted(len(results), "directory", "directories"), cancel.reason)  # fmt: skip
         if results:
             summary = summarize(results, elapsed)
             report = delivery.enqueue(config, results)
@@ -118,6 +140,8 @@ class Job:
         self._done: Finished | None = None
         self._thread: threading.Thread | None = None
         self._cancel = Cancel()
+        self._running: tuple[str, ...] = ()  # the directories of the run in progress
+        self._superseded = False
 
     @property
     def busy(self) -> bool:
@@ -133,6 +157,7 @@ class Job:
         the directories it still lists, with its excludes and target."""
         assert self._thread is None, "one verification at a time"
         cancel = self._cancel = Cancel()
+        self._running, self._superseded = tuple(d.path for d in directories), False
 
         def run() -> None:
             done = Finished((), 0, None)
@@ -159,7 +184,23 @@ class Job:
         if done is not None and self._thread is not None:
             self._thread.join()
             self._thread = None
+            if self._superseded:
+                done = replace(done, superseded=self._running)
+            self._running = ()
         return done
+
+    def supersede(self, old: AgentConfig, new: AgentConfig, reason: str) -> None:
+        """A reload replaced `old` with `new`: end the run in progress at once, unless `new`
+        changes nothing it does. Its helpers end through their pools; the directories it
+        finished are queued, the one cut short is not, and `finished()` then names them all
+        to verify again on `new`."""
+        if self._thread is None or self._superseded or run_unaffected(old, new, self._running):
+            return
+        log.info("%s: the verification in progress is cancelled; its %s are verified again "
+                 "on the new configuration", reason,
+                 counted(len(self._running), "directory", "directories"))  # fmt: skip
+        self._superseded = True
+        self._cancel.terminate("reload")
 
     def stop(self, grace: float, deadline: float) -> None:
         """Ask the run to stop; after `grace` seconds end its helpers; wait until `deadline`

@@ -19,10 +19,12 @@ class Cancel(threading.Event):
     """Set it to ask the run to stop; `terminate()` also ends every helper the run started.
 
     A helper finishes the file it is hashing before it reads its closed stdin, so a throttled
-    read of a large file would hold a stop for minutes: `terminate()` is for that case."""
+    read of a large file would hold a stop for minutes: `terminate()` is for that case, and for
+    a reload, which replaces the configuration the run was started with."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.reason = "stop"  # or "reload": what the run's log says it was cut short by
         self._lock = threading.Lock()
         self._channels: list[Channel] = []
         self._terminated = False
@@ -36,7 +38,8 @@ class Cancel(threading.Event):
         if terminated:
             _end(channels)
 
-    def terminate(self) -> None:
+    def terminate(self, reason: str = "stop") -> None:
+        self.reason = reason
         self.set()
         with self._lock:
             self._terminated = True

@@ -178,20 +178,15 @@ def _verify_one(
     progress: ProgressSink | None,
 ) -> DirResult:
     started = time.monotonic()
+    if stop.is_set():  # a run cut short starts no more helpers for the directories left
+        log.info("%s: not verified: stopped on request", escape(plan.dir_check))
+        return _unverified(plan, "interrupted before the directory was verified", started)
     try:
         pools.prepare(plan)
         source_pool, target_pool = pools.pair(plan)
     except AgentError as exc:
         log.error("%s: %s", escape(plan.dir_check), exc)
-        return DirResult(
-            dir_check=plan.dir_check,
-            target=plan.target_text,
-            source=plan.source_text,
-            counts=DirCounts(),
-            elapsed=time.monotonic() - started,
-            hash_algorithm="",
-            error=str(exc),
-        )
+        return _unverified(plan, str(exc), started)
     engine = Engine(
         source_pool, target_pool, cache=cache, report=report, progress=progress, stop=stop
     )
@@ -209,3 +204,15 @@ def _verify_one(
             c.bytes_hashed, result.elapsed,
         )  # fmt: skip
     return result
+
+
+def _unverified(plan: DirPlan, error: str, started: float) -> DirResult:
+    return DirResult(
+        dir_check=plan.dir_check,
+        target=plan.target_text,
+        source=plan.source_text,
+        counts=DirCounts(),
+        elapsed=time.monotonic() - started,
+        hash_algorithm="",
+        error=error,
+    )
