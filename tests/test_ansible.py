@@ -186,7 +186,8 @@ def test_the_role_installs_idempotently_and_reloads_on_a_config_change(fleet: Fl
     assert config["directories"] == host["smsagent_directories"]
     assert config["schedule"] == {"interval": "6h", "jitter": "30m"}
     assert config["metrics"] == {"textfile": host["smsagent_metrics_textfile"]}
-    assert "token" not in json.dumps(config)  # the service reads the credential, not the YAML
+    assert config["auth"] == {"token_file": f"{etc}/token"}  # the file, never the token
+    assert TOKEN not in json.dumps(config)
     unit_dir = Path(host["smsagent_unit_dir"])
     assert (unit_dir / "smsagent.service").read_bytes() == (
         REPO / "systemd" / "smsagent.service"
