@@ -119,6 +119,23 @@ def test_a_failed_run_keeps_the_last_good_counts(tmp_path: Path) -> None:
     assert value(samples, "smsagent_directory_last_success_duration_seconds", dir="/srv") == 1.5
 
 
+def test_the_mode_label_follows_the_last_run(tmp_path: Path) -> None:
+    src, tgt = demo_pair(tmp_path)
+    config = make_config(
+        tmp_path / "state", None, mode="quick",
+        directories=[{"path": os.fsdecode(src), "target": os.fsdecode(tgt)}],
+    )  # fmt: skip
+    [result] = run_verification(config, config.directories)
+    assert result.mode == "quick"
+    textfile = tmp_path / "m.prom"
+    MetricsWriter(textfile, config.state_dir).update([result])
+    samples = parse(textfile)
+    d = os.fsdecode(src)
+    assert value(samples, "smsagent_directory_mode_info", dir=d, mode="quick") == 1
+    assert ("smsagent_directory_mode_info", (("dir", d), ("mode", "content"))) not in samples
+    assert value(samples, "smsagent_directory_hashed_bytes_total", dir=d) == 0  # nothing read
+
+
 def test_keep_drops_directories_no_longer_configured(tmp_path: Path) -> None:
     textfile = tmp_path / "m.prom"
     writer = MetricsWriter(textfile, tmp_path / "state")

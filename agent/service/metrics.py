@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_FILE = "metrics.json"
-DEFAULT_MODE = "content"
 
 Labels = Dict[str, str]
 Sample = Tuple[Labels, float]
@@ -98,7 +97,7 @@ def _record_result(record: dict[str, Any], result: DirResult, now: float) -> Non
     """Fold one directory's outcome into its stored record."""
     record["failed"] = result.error is not None
     record["hashed_bytes"] = record.get("hashed_bytes", 0) + result.counts.bytes_hashed
-    record["mode"] = getattr(result, "mode", DEFAULT_MODE)  # quick mode adds `mode`
+    record["mode"] = result.mode
     if result.error is not None:
         return  # the counts of the last successful verification stay
     c = result.counts
