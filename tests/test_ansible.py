@@ -81,14 +81,13 @@ class Fleet:
         self.password.write_text("vault-pass-for-the-test\n")
 
     def vault(self, name: str, secret: str) -> None:
-        """An Ansible Vault variable in group_vars, as an operator keeps the token."""
-        encrypted = self.run_tool(
-            "ansible-vault", "encrypt_string", "--vault-password-file", str(self.password),
-            "--name", name, secret,
-        )  # fmt: skip
-        group_vars = self.root / "inventory" / "group_vars"
-        group_vars.mkdir(parents=True, exist_ok=True)
-        (group_vars / "smsagent.yml").write_text(encrypted.stdout)
+        """A vault file in group_vars, as the README has an operator keep the token."""
+        vault = self.root / "inventory" / "group_vars" / "smsagent" / "vault.yml"
+        vault.parent.mkdir(parents=True, exist_ok=True)
+        vault.write_text(yaml.safe_dump({name: secret}))
+        self.run_tool("ansible-vault", "encrypt", "--vault-password-file", str(self.password),
+                      str(vault))  # fmt: skip
+        assert secret not in vault.read_text()
 
     def run_tool(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -160,9 +159,10 @@ def fleet(tmp_path: Path, ansible_bin: Path) -> Iterator[Fleet]:
                 "smsagent_limits": {"workers": 1},
                 "smsagent_metrics_textfile": str(tmp_path / "textfile" / "smsagent.prom"),
                 "smsagent_config_extra": {"state_dir": str(tmp_path / "state")},
+                "smsagent_token": "{{ vault_smsagent_token }}",  # as inventory.example.yml
             }
             fleet = Fleet(tmp_path, ansible_bin, {"smsagent": {"hosts": {"loopback": host}}})
-            fleet.vault("smsagent_token", TOKEN)
+            fleet.vault("vault_smsagent_token", TOKEN)
             yield fleet
 
 
