@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent.model import Verdict
+from agent.sms.emulator import Emulator
+
+from .sms_helpers import TOKEN
 
 
 def smsagent_command() -> list[str]:
@@ -75,6 +78,13 @@ def write_tree(root: Path | bytes, spec: dict[bytes | str, object]) -> None:
 @pytest.fixture
 def make_tree() -> Callable[[Path | bytes, dict], None]:
     return write_tree
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    """The SMS emulator on loopback, serving task T to the test token."""
+    with Emulator(task_ids=["T"], token=TOKEN) as server:
+        yield server
 
 
 @pytest.fixture

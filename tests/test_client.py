@@ -8,7 +8,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -31,12 +30,6 @@ from agent.sms.client import (
 from agent.sms.emulator import Emulator
 
 from .sms_helpers import TOKEN, entry, make_config
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(task_ids=["T"], token=TOKEN) as server:
-        yield server
 
 
 def client_for(emu: Emulator, tmp_path: Path, **extra: object) -> SmsClient:

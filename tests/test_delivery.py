@@ -9,7 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,6 @@ from agent.sms.emulator import Emulator
 from agent.sms.outbox import Outbox
 
 from .sms_helpers import TOKEN, entry, kill_once_posting, make_config, results
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(task_ids=["T"], token=TOKEN) as server:
-        yield server
 
 
 def pending_of(state: Path) -> list[float]:

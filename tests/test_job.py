@@ -141,15 +141,21 @@ class HeldRun:
                                                  "verified")]  # fmt: skip
 
 
-def test_a_reload_ends_the_run_queues_what_it_finished_and_names_all_to_redo(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def held_job(tmp_path: Path) -> tuple[AgentConfig, Job, HeldRun, threading.Semaphore]:
+    """A job whose run of /a and /b is under way; the semaphore is released when it ends."""
     config = config_for(tmp_path)
     woke = threading.Semaphore(0)
     run = HeldRun()
     job = Job(run, woke.release, lambda: 0.0)
     job.start(config, config.directories)
     assert run.started.wait(10)
+    return config, job, run, woke
+
+
+def test_a_reload_ends_the_run_queues_what_it_finished_and_names_all_to_redo(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, job, run, woke = held_job(tmp_path)
     with caplog.at_level("INFO"):
         job.supersede(config, replace(config, exclude=("*.tmp",)), "SIGHUP")
         assert woke.acquire(timeout=10), "the run did not end on the reload"
@@ -164,12 +170,7 @@ def test_a_reload_ends_the_run_queues_what_it_finished_and_names_all_to_redo(
 
 
 def test_a_reload_that_changes_nothing_the_run_does_lets_it_finish(tmp_path: Path) -> None:
-    config = config_for(tmp_path)
-    woke = threading.Semaphore(0)
-    run = HeldRun()
-    job = Job(run, woke.release, lambda: 0.0)
-    job.start(config, config.directories)
-    assert run.started.wait(10)
+    config, job, run, woke = held_job(tmp_path)
     job.supersede(config, replace(config, schedule=ScheduleConfig(interval=60)), "SIGHUP")
     assert not woke.acquire(timeout=0.5), "the run was cut short"
     job.stop(grace=5, deadline=10)

@@ -3,22 +3,13 @@ raising, whatever the state directory or SMS does."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.publish import upload
 from agent.sms.emulator import Emulator
 from agent.sms.outbox import Outbox
 
-from .sms_helpers import TOKEN, make_config, results
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(task_ids=["T"], token=TOKEN) as server:
-        yield server
+from .sms_helpers import make_config, results
 
 
 def queued(state: Path) -> list[str]:
