@@ -318,6 +318,43 @@ def test_stop_mid_scan_exits_0_within_10s(machine: Machine) -> None:
     assert ok, detail
 
 
+def test_reload_mid_scan_cancels_the_run_and_verifies_again_on_the_new_config(
+    machine: Machine,
+) -> None:
+    machine.write_config(agent_yaml(SLOW, mb_per_s=4))
+    since = machine.cursor()
+    ok, detail = machine.start_ready(verb="restart")
+    assert ok, detail
+    machine.wait_journal(since, r"verifying 1 directory")
+    time.sleep(3)
+    pid = machine.show()["MainPID"]
+    helpers = machine.sh(f"cat /proc/{pid}/task/*/children").split()
+    assert len(helpers) >= 2, helpers  # a source and a target helper, reading big.bin
+    machine.write_config(agent_yaml(SLOW, mb_per_s=4, extra="exclude: [big.bin]"))
+    machine.sh("systemctl reload smsagent")
+    # The agent also polls the file, and may take the change first.
+    machine.wait_journal(since, r"(SIGHUP|the config file changed): the verification in "
+                         r"progress is cancelled", timeout=10)  # fmt: skip
+    alive = "for p in " + " ".join(helpers) + "; do [ -e /proc/$p ] && echo $p; done; true"
+    deadline = time.monotonic() + 5
+    while machine.sh(alive).split() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not machine.sh(alive).split(), "a helper of the cancelled run is still there"
+    machine.wait_journal(since, r"/srv/slow/src: total=0 ", timeout=30)  # on the new config
+    log = machine.journal(since)
+    assert "reloading: queueing the 0 directories verified before the reload" in log, log
+    assert "/srv/slow/src: total=1 " not in log, log  # the old run never finished
+    deadline = time.monotonic() + 20
+    while not [e for e in machine.posted() if e["dir_check"] == "/srv/slow/src"]:
+        assert time.monotonic() < deadline, "the new run's result never reached SMS"
+        time.sleep(0.5)
+    slow = [e for e in machine.posted() if e["dir_check"] == "/srv/slow/src"]
+    assert all(e["num_total_files"] == 0 for e in slow), slow  # nothing of the old run
+    machine.write_config(agent_yaml())
+    ok, detail = machine.start_ready(verb="restart")
+    assert ok, detail
+
+
 def test_kill_9_is_followed_by_a_restart(machine: Machine) -> None:
     before = machine.show()
     machine.sh(f"kill -9 {before['MainPID']}")
