@@ -220,6 +220,8 @@ def _write_metrics(
     config: AgentConfig, results: Sequence[DirResult] = (), flushed: FlushReport | None = None
 ) -> None:
     """Update `metrics.textfile`; a file that cannot be written is a warning, not a failure."""
+    if config.metrics.textfile is None:
+        return  # without loading the module (and tempfile, random): 10 ms of every run
     from .service import metrics
 
     try:
