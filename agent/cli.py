@@ -359,6 +359,7 @@ def run(config_path: str | None, log_format: str) -> None:
     """Run as a service: verify on schedule and on changes, deliver results, until SIGTERM.
 
     SIGHUP or an edit of the config file reloads it; an invalid one is logged and ignored.
+    A verification in progress that the new one changes is cut short and started again.
     """
     from .service.daemon import Daemon
     from .service.logs import setup_logging
