@@ -309,3 +309,44 @@ def test_empty_files_are_identical_without_reading(tmp_path: Path) -> None:
     assert counts(result) == {"total": 3, "identical": 2, "different": 1, "missing": 0, "more": 0}
     # "x" on each side, and the target's "y"; never an empty file.
     assert result.counts.files_hashed == 3 and result.counts.bytes_hashed == 3
+
+
+def test_a_huge_directory_streamed_counts_every_verdict(tmp_path: Path) -> None:
+    # Listings longer than a helper's run are merged chunk by chunk: every kind of verdict,
+    # files to hash on request and subdirectories still come out as in a small directory.
+    count = helper.RUN_ENTRIES + 50
+    src, tgt = tmp_path / "src", tmp_path / "tgt"
+    for root in (src, tgt):
+        # "same" is as large and identical on both sides: its first chunks are equal, and
+        # still not the whole listing.
+        for folder, skip in ((root, 9973 if root == tgt else 0), (root / "same", 0)):
+            folder.mkdir()
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for i in range(count):
+                    if skip and i % skip == 5:
+                        continue  # missing at the target
+                    os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            finally:
+                os.close(fd)
+    big = helper.SMALL_FILE + 1
+    write_tree(src, {b"caf\xe9": "a", "zz-big": b"1" * big, "sub/x": "x", "e000007": "sz"})
+    write_tree(tgt, {b"caf\xe9": "b", "zz-big": b"2" * big, "sub/x": "x", "more": "m"})
+    result, lines = verify(src, tgt, tmp_path / "state")
+    assert result.error is None
+    assert counts(result) == expected_counts(bytes(src), bytes(tgt))
+    odd = {(verdict, rel) for verdict, rel, _ in lines if verdict is not Verdict.IDENTICAL}
+    missing = {(Verdict.MISSING, f"e{i:06d}".encode()) for i in range(5, count, 9973)}
+    assert odd == missing | {
+        (Verdict.DIFFERENT, b"caf\xe9"), (Verdict.DIFFERENT, b"zz-big"),
+        (Verdict.DIFFERENT, b"e000007"), (Verdict.MORE, b"more"),
+    }  # fmt: skip
+    assert (Verdict.IDENTICAL, b"sub/x", None) in lines
+    assert result.counts.files_hashed >= 2
+    # Quick mode merges the same chunks by size and mtime: the empty files written a moment
+    # apart may differ by a second, so only the verdicts it cannot get wrong are checked.
+    quick, quick_lines = verify(src, tgt, tmp_path / "state", config={"mode": "quick"})
+    assert quick.error is None and quick.counts.files_hashed == 0
+    assert (quick.counts.total, quick.counts.missing, quick.counts.more) == (
+        result.counts.total, result.counts.missing, result.counts.more)  # fmt: skip
+    assert (Verdict.DIFFERENT, b"e000007", None) in quick_lines

@@ -356,3 +356,30 @@ def test_xxh128sum_batches_give_the_digests_of_the_python_module(tmp_path: Path)
             assert digests[i] == xxhash.xxh3_128_hexdigest(contents[name]), name
             assert stats[i][1] == len(contents[name])
     assert total == sum(len(contents[n]) for i, n in enumerate(names) if str(i) not in errors)
+
+
+def test_a_huge_directory_is_streamed_sorted_in_chunks(tmp_path: Path) -> None:
+    # More entries than one run holds: sorted in runs, merged and sent a chunk at a time.
+    count = helper.RUN_ENTRIES + helper.CHUNK_ENTRIES // 2
+    names = [os.fsencode(f"f{(i * 7919) % count:06d}") for i in range(count)] + [b"caf\xe9"]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    (tmp_path / "sub").mkdir()
+    worker = helper.Worker()
+    worker.hello({"algorithms": ["xxh3-128"]})
+    summary, listing, _row = worker.scan_dir(os.fsencode(tmp_path).decode("latin-1"), {})
+    entries, chunks = json.loads(listing), 1
+    while summary["stream"]:
+        head, listing = worker.next_chunk(summary["stream"])
+        entries += json.loads(listing)
+        chunks += 1
+        if head["end"]:
+            break
+    assert chunks >= 2 and len(json.loads(listing)) <= len(entries) // 2
+    assert [e[0] for e in entries] == sorted(n.decode("latin-1") for n in names + [b"sub"])
+    assert entries[0] == ["caf\xe9", "f", 0, ""] and entries[-1] == ["sub", "d", 0, None]
+    assert not worker.streams  # the finished listing is dropped

@@ -4,7 +4,8 @@ The engine drives the walk: it asks both sides to scan one directory (list it so
 digest its small files on the spot unless the hash cache row sent along vouches for them),
 merges the two scans (compare.merge), asks for digests only of the same-size pairs still
 unread (large files), and keeps several directories in flight so that both sides' helpers
-stay busy. It holds only the directories in flight, never the whole tree.
+stay busy. It holds only the directories in flight, never the whole tree, and of a huge
+directory only the chunks of its sorted listings that the merge has not reached yet.
 
 The engine only schedules requests: what their answers mean for one directory is decided by
 its Folder (folder.py), verdicts go to a ResultSink (report.py) and hash cache rows to a
@@ -27,7 +28,7 @@ from .compare import Side
 from .folder import Folder
 from .plan import DirPlan
 from .report import ProgressSink, ReportSink, ResultSink
-from .wire import DirScan, Reply, ScanFailure, digests_of, scans_of
+from .wire import DirScan, Reply, ScanFailure, chunk_of, digests_of, scans_of
 
 MAX_OPEN_DIRS = 256  # directories listed but not yet settled
 # Directories per scan request: a batch costs both processes one message instead of one per
@@ -119,6 +120,7 @@ class _Request(NamedTuple):
     folders: list[Folder]  # the directories of a scan; the one directory of a hash request
     side: Side
     indexes: list[int] | None  # the pairs a hash request digests; None for a scan
+    more: bool = False  # the next chunk of the one directory's streamed listing
 
 
 class _Walk:
@@ -229,6 +231,9 @@ class _Walk:
         request = self.inflight.pop((channel, reply.ident), None)
         if request is None:
             return  # a reply for an abandoned directory
+        if request.more:
+            self._chunk(request.folders[0], request.side, reply)
+            return
         if request.indexes is None:
             for folder, scan in zip(request.folders, scans_of(reply, len(request.folders))):
                 self._listed(folder, request.side, scan)
@@ -255,10 +260,30 @@ class _Walk:
         folder.scans[side] = scan
 
     def _merge(self, folder: Folder) -> None:
+        hashing = len(folder.pairs)
         self.stack.extend(folder.merge(self.rules, self.sink, self.quick))
-        if folder.pairs:
+        self._merged(folder, hashing)
+
+    def _chunk(self, folder: Folder, side: Side, reply: Reply) -> None:
+        """The next chunk of a streamed listing: merged as far as both sides reach."""
+        folder.waiting -= 1
+        if reply.error is not None:
+            what = escape(self._path(side, folder.rel))
+            raise TargetError(f"{side.value} {what}: the listing broke off: {reply.error}")
+        listing, end = chunk_of(reply)
+        folder.take(side, listing, end, self.rules)
+        hashing = len(folder.pairs)
+        self.stack.extend(folder.advance(self.rules, self.sink, self.quick))
+        self._merged(folder, hashing)
+
+    def _merged(self, folder: Folder, hashing: int) -> None:
+        """After a merge step: digests asked for the pairs it found from index `hashing` on,
+        the next chunks of streamed listings, and the directory settled when all is in."""
+        if len(folder.pairs) > hashing:
             for side in (SOURCE, TARGET):
-                self._send_hash_chunks(folder, side, folder.unread(side))
+                self._send_hash_chunks(folder, side, folder.unread(side, hashing))
+        for side, stream in folder.wanted():
+            self._send(_Request([folder], side, None, more=True), "next", stream)
         if folder.waiting == 0:
             self._settle(folder)
 

@@ -4,6 +4,7 @@ this decides what their answers mean."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Optional, Tuple
 
 from ..model import Verdict
@@ -15,13 +16,17 @@ from .wire import Digests, DirScan, ScanFailure, entries_of
 SOURCE, TARGET = Side.SOURCE, Side.TARGET
 # Per same-size pair still to be read, each side's outcome: (digest, None) or (None, why).
 Outcome = Tuple[Optional[str], Optional[str]]
+# Entries of a streamed listing held for a side that is ahead of the other; past this, the
+# side is not asked for more until the other catches up.
+PENDING_MAX = 1 << 15
 
 
 class Folder:
     """One relative directory being compared."""
 
     __slots__ = ("rel", "prefix", "on_src", "on_tgt", "target_unreadable", "source_unreadable",
-                 "target_unlisted", "scans", "waiting", "pairs", "outcomes")  # fmt: skip
+                 "target_unlisted", "scans", "waiting", "pairs", "outcomes", "streams",
+                 "pending", "asked")  # fmt: skip
 
     def __init__(
         self, rel: bytes, on_src: bool, on_tgt: bool, target_unreadable: str | None = None
@@ -36,7 +41,12 @@ class Folder:
         self.scans: dict[Side, DirScan] = {}  # a side with no such directory has none
         self.waiting = 0  # requests not answered yet
         self.pairs: list[tuple[Entry, Entry]] = []  # same-size files still to be read
-        self.outcomes: dict[Side, list[Outcome]] = {}
+        self.outcomes: dict[Side, list[Outcome]] = {SOURCE: [], TARGET: []}
+        # A huge directory's listings arrive in chunks: per side the stream still to read
+        # from (absent once it ended), the entries not merged yet, and a chunk asked for.
+        self.streams: dict[Side, int] = {}
+        self.pending: dict[Side, list[Entry]] = {SOURCE: [], TARGET: []}
+        self.asked: set[Side] = set()
 
     def unlisted(self, side: Side, failure: ScanFailure, sink: ResultSink) -> None:
         """A side's scan of this directory failed."""
@@ -70,6 +80,8 @@ class Folder:
             and tgt is not None
             and src.complete
             and tgt.complete
+            and src.stream is None
+            and tgt.stream is None
             and src.listing == tgt.listing
             and not rules
             and not self.target_unreadable
@@ -81,7 +93,59 @@ class Folder:
             return [
                 Folder(self.prefix + name.encode("latin-1"), True, True) for name in src.subdirs
             ]
-        src_entries, tgt_entries = self._entries(src, rules), self._entries(tgt, rules)
+        for side, scan in ((SOURCE, src), (TARGET, tgt)):
+            if scan is not None:
+                self.pending[side] = self._entries(scan.listing, rules)
+                if scan.stream:
+                    self.streams[side] = scan.stream
+        return self.advance(rules, sink, quick)
+
+    def take(self, side: Side, listing: bytes, end: bool, rules: ExcludeRules) -> None:
+        """The next chunk of a side's streamed listing."""
+        self.asked.discard(side)
+        self.pending[side] += self._entries(listing, rules)
+        if end:
+            del self.streams[side]
+
+    def wanted(self) -> list[tuple[Side, int]]:
+        """The streams to ask for their next chunk: one chunk in flight per side, and none
+        while a side's entries wait for the other side to catch up."""
+        out = []
+        for side, stream in self.streams.items():
+            if side not in self.asked and len(self.pending[side]) < PENDING_MAX:
+                self.asked.add(side)
+                out.append((side, stream))
+        return out
+
+    def advance(
+        self, rules: ExcludeRules, sink: ResultSink, quick: int | None = None
+    ) -> list[Folder]:
+        """Merge the entries both sides have listed so far, up to the first name a side still
+        streaming may not have sent yet; the rest waits for the next chunks."""
+        src, tgt = self.pending[SOURCE], self.pending[TARGET]
+        bound: str | None = None
+        for side in self.streams:
+            if not self.pending[side]:
+                return []  # its next entry may come before any the other side has
+            last = self.pending[side][-1].name
+            if bound is None or last < bound:
+                bound = last
+        if bound is None:
+            src_part, tgt_part = src, tgt
+            self.pending = {SOURCE: [], TARGET: []}
+        else:
+            # A name never holds NUL: this key sorts after `bound` and before any later name.
+            key = (bound + "\0",)
+            cut_src, cut_tgt = bisect_left(src, key), bisect_left(tgt, key)
+            src_part, tgt_part = src[:cut_src], tgt[:cut_tgt]
+            del src[:cut_src], tgt[:cut_tgt]
+        return self._decide(src_part, tgt_part, sink, quick)
+
+    def _decide(
+        self, src_entries: list[Entry], tgt_entries: list[Entry], sink: ResultSink,
+        quick: int | None,
+    ) -> list[Folder]:  # fmt: skip
+        """Settle what two sorted runs of entries decide, and return the subdirectories."""
         if quick is None:
             merged = merge(src_entries, tgt_entries, target_unreadable=self.target_unreadable)
         else:
@@ -95,11 +159,9 @@ class Folder:
             sink.verdict(verdict, prefix + name.encode("latin-1"), reason)
         sink.settled(len(merged.identical) + len(merged.verdicts))
         if merged.to_hash:
-            self.pairs = merged.to_hash
-            self.outcomes = {
-                SOURCE: [(s.value, None) for s, _ in self.pairs],
-                TARGET: [(t.value, None) for _, t in self.pairs],
-            }
+            self.pairs += merged.to_hash
+            self.outcomes[SOURCE] += [(s.value, None) for s, _ in merged.to_hash]
+            self.outcomes[TARGET] += [(t.value, None) for _, t in merged.to_hash]
         inherited, blind = self.target_unreadable, merged.blind
         return [
             Folder(prefix + name.encode("latin-1"), on_src, on_tgt,
@@ -107,11 +169,9 @@ class Folder:
             for name, on_src, on_tgt in merged.subdirs
         ]  # fmt: skip
 
-    def _entries(self, scan: DirScan | None, rules: ExcludeRules) -> list[Entry]:
-        """A side's scanned entries that are not excluded (none where it has no scan)."""
-        if scan is None:
-            return []
-        entries = entries_of(scan.listing)
+    def _entries(self, listing: bytes, rules: ExcludeRules) -> list[Entry]:
+        """Listed entries that are not excluded."""
+        entries = entries_of(listing)
         if not rules:
             return entries
         prefix, excluded = self.prefix, rules.excluded
@@ -119,9 +179,10 @@ class Folder:
             e for e in entries if not excluded(prefix + e.name.encode("latin-1"), e.kind is DIR)
         ]
 
-    def unread(self, side: Side) -> list[int]:
-        """The pairs whose file on `side` is still to be read."""
-        return [i for i, (digest, _) in enumerate(self.outcomes[side]) if digest is None]
+    def unread(self, side: Side, start: int = 0) -> list[int]:
+        """The pairs from `start` on whose file on `side` is still to be read."""
+        outcomes = self.outcomes[side]
+        return [i for i in range(start, len(outcomes)) if outcomes[i][0] is None]
 
     def record(self, side: Side, indexes: list[int], answer: Digests | str) -> None:
         """A hash request's answer for the pairs at `indexes` (a string: why it failed)."""
@@ -147,4 +208,4 @@ class Folder:
             sink.verdict(verdict, self.prefix + s.name.encode("latin-1"), reason)
         sink.identical(self.rel, "/".join(same))
         sink.settled(len(self.pairs))
-        self.pairs, self.outcomes = [], {}
+        self.pairs, self.outcomes = [], {SOURCE: [], TARGET: []}

@@ -30,6 +30,11 @@ CHUNK = 128 << 10
 # Files per xxh128sum run when this host has no xxhash module: one process per file costs
 # ~2 ms, which for small files is most of the run; each file of a batch holds a descriptor.
 PROGRAM_BATCH = 128
+# A directory of more entries than this is sorted in runs and sent in chunks, so neither the
+# helper nor the agent ever holds all its entries as objects.
+RUN_ENTRIES = 1 << 14
+RUN_PIECE = 512  # entries of a run decoded at a time
+CHUNK_ENTRIES = 1 << 14  # entries a chunk of a streamed listing holds, at least
 RACY_SECONDS = 2.0  # a file modified this recently may still change: its digest is not cached
 PSEUDO_FS = {
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
@@ -424,6 +429,8 @@ class Worker:
     def __init__(self):
         self.hasher = None
         self.pseudo = set()
+        self.streams = {}  # listings being sent a chunk at a time, by number
+        self.last_stream = 0
 
     def hello(self, options):
         algorithm, via = negotiate(options.get("algorithms", ["xxh3-128"]))
@@ -466,7 +473,9 @@ class Worker:
         file without a digest still leaves the scan complete. Returns a summary,
         the listing and the cache row to store if "new_row" in the summary says so; "complete"
         in the summary says every file has its digest and nothing failed, so two equal
-        listings mean two identical directories."""
+        listings mean two identical directories. A directory of more than RUN_ENTRIES
+        entries is kept in sorted runs: the listing is then its first chunk, and the summary's
+        "stream" numbers the rest, which next_chunk gives out."""
         folder = from_wire(path)
         hasher = self.hasher
         oneshot = hasher.oneshot if (options.get("hash") and hasher is not None) else None
@@ -494,6 +503,9 @@ class Worker:
             opened_empty = 0
             entries = []
             append = entries.append
+            # A huge directory is kept as sorted runs of packed entries, not one list of
+            # objects (about 150 bytes an entry); they are merged as the agent asks for them.
+            runs = []
             complete = True
             files_read = bytes_read = hits = 0
             lstat_at, fstat = os.stat, os.fstat
@@ -507,6 +519,9 @@ class Worker:
             # The loop is written out in full: it runs once per file of the tree.
             with _scandir(dir_fd) as it:
                 for entry in it:
+                    if len(entries) >= RUN_ENTRIES:
+                        runs.append(_pack_run(entries))
+                        del entries[:]
                     name = encode(entry.name, fs_encoding, fs_errors)
                     fd = -1
                     st = None
@@ -597,22 +612,35 @@ class Worker:
                         append([name.decode("latin-1"), "s", 0, None])
         finally:
             os.close(dir_fd)
-        entries.sort()  # names are unique, so this orders by name alone
         summary = {
             "complete": complete,
             "dev": dev,
             "read": files_read,
             "bytes": bytes_read,
             "hits": hits,
+        }
+        if runs:
+            runs.append(_pack_run(entries))
+            del entries[:]
+            merger = _RunMerger(runs)
+            listing = merger.chunk()
+            summary["stream"] = 0  # a chunk: never to be settled as a whole listing
+            if not merger.done:
+                self.last_stream += 1
+                self.streams[self.last_stream] = merger
+                summary["stream"] = self.last_stream  # the rest comes on "next" requests
+            summary.update(files="", subdirs=[], specials=0)
+        else:
+            entries.sort()  # names are unique, so this orders by name alone
             # For two equal scans: the files ("/" never occurs in a name), directories to
             # enter and specials, so the agent need not look at single entries.
-            "files": "/".join([e[0] for e in entries if e[1] == "f" or e[1] == "l"]),
-            "subdirs": [e[0] for e in entries if e[1] == "d"],
-            "specials": sum(1 for e in entries if e[1] == "s"),
-        }
-        # The entries go as JSON text that the agent compares with the other side's whole and
-        # parses only when they differ; the cache row as the bytes to store (b"": unchanged).
-        listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
+            summary["files"] = "/".join([e[0] for e in entries if e[1] == "f" or e[1] == "l"])
+            summary["subdirs"] = [e[0] for e in entries if e[1] == "d"]
+            summary["specials"] = sum(1 for e in entries if e[1] == "s")
+            # The entries go as JSON text that the agent compares with the other side's whole
+            # and parses only when they differ.
+            listing = json.dumps(entries, separators=(",", ":")).encode("ascii")
+        # The cache row goes as the bytes to store (b"": unchanged).
         if (
             fields is not None
             and row_digests == fields[1]
@@ -629,6 +657,16 @@ class Worker:
         if not summary["new_row"]:
             row = b""  # it need not travel back
         return summary, listing, row
+
+    def next_chunk(self, stream):
+        """The next entries of a streamed listing: [{"end": bool}, listing]."""
+        merger = self.streams.get(stream)
+        if merger is None:
+            raise OSError(errno.EINVAL, "no listing %r in progress" % (stream,))
+        listing = merger.chunk()
+        if merger.done:
+            del self.streams[stream]
+        return [{"end": merger.done}, listing]
 
     def scan_dirs(self, dirs, rows):
         """scan_dir for each [path, options] of a batch with its cache row (b"" for none):
@@ -734,12 +772,74 @@ class Worker:
                 return ["ok", ident, self.stat_root(message[2])]
             if op == "scan":
                 return ["ok", ident] + self.scan_dirs(message[2], message[3:])
+            if op == "next":
+                return ["ok", ident] + self.next_chunk(message[2])
             if op == "hash":
                 digests, errors, stats, total = self.hash_files(*message[2:7])
                 return ["ok", ident, digests, errors, stats, total]
             return ["err", ident, "unknown request %r" % (op,)]
         except OSError as exc:
             return ["err", ident, os.strerror(exc.errno) if exc.errno else str(exc)]
+
+
+def _pack_run(entries):
+    """A sorted run of entries as JSON texts of RUN_PIECE entries each (an ASCII str takes a
+    byte a character; the lists it stands for take ten times that)."""
+    entries.sort()
+    dumps = json.dumps
+    return [
+        dumps(entries[i : i + RUN_PIECE], separators=(",", ":"))
+        for i in range(0, len(entries), RUN_PIECE)
+    ]
+
+
+class _RunMerger(object):
+    """Merges a huge directory's sorted runs into one sorted listing, a chunk at a time.
+
+    Each step holds one decoded piece of each run: everything up to the smallest last name
+    among the runs with more to come is final, and it is sorted in C (timsort merges the
+    sorted pieces), so no Python loop runs per entry and only the pieces are ever decoded."""
+
+    def __init__(self, runs):
+        self.runs = [[pieces[::-1], []] for pieces in runs]  # pieces popped from the end
+        self.done = False
+
+    def chunk(self):
+        window = []
+        while len(window) < CHUNK_ENTRIES and not self.done:
+            window += self._step()
+        window.sort()
+        return json.dumps(window, separators=(",", ":")).encode("ascii")
+
+    def _step(self):
+        for run in self.runs:
+            if not run[1] and run[0]:
+                run[1] = json.loads(run[0].pop())
+        self.runs = [run for run in self.runs if run[1]]
+        if not self.runs:
+            self.done = True
+            return []
+        limits = [run[1][-1][0] for run in self.runs if run[0]]
+        bound = min(limits) if limits else None
+        out = []
+        for run in self.runs:
+            piece = run[1]
+            cut = len(piece) if bound is None else _count_upto(piece, bound)
+            out += piece[:cut]
+            del piece[:cut]
+        return out
+
+
+def _count_upto(entries, bound):
+    """How many of the sorted entries have a name up to `bound`."""
+    low, high = 0, len(entries)
+    while low < high:
+        middle = (low + high) // 2
+        if entries[middle][0] <= bound:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def _unstatable(name, exc):

@@ -50,6 +50,9 @@ class DirScan(NamedTuple):
     new_row: bool  # `row` is the hash cache row to store
     listing: bytes  # its entries as JSON text: compared whole, decoded only when needed
     row: bytes
+    # A huge directory's listing comes in chunks: `listing` is the first, and this numbers
+    # the rest, asked for with "next" requests (0: there is no more; None: not chunked).
+    stream: int | None = None
 
 
 class ScanFailure(NamedTuple):
@@ -92,6 +95,7 @@ def scans_of(reply: Reply, count: int) -> list[DirScan | ScanFailure]:
                 new_row=summary["new_row"],
                 listing=listing,
                 row=row,
+                stream=summary.get("stream"),
             )
         )
     return out
@@ -101,6 +105,13 @@ def digests_of(reply: Reply) -> Digests:
     """A hash request's answer (one that did not fail as a whole: see `reply.error`)."""
     digests, errors, stats, nbytes = reply.values
     return Digests(digests, {int(k): v for k, v in errors.items()}, stats, nbytes)
+
+
+def chunk_of(reply: Reply) -> tuple[bytes, bool]:
+    """A "next" request's answer: the listing's next entries as JSON text, and whether they
+    are its last."""
+    head, listing = reply.values
+    return listing, bool(head["end"])
 
 
 _KINDS = {kind.value: kind for kind in Kind}
