@@ -10,7 +10,15 @@ import pytest
 from agent.verify import helper
 from agent.verify.channel import Channel
 from agent.verify.compare import Entry, Kind
-from agent.verify.wire import DirScan, Reply, ScanFailure, digests_of, entries_of, scans_of
+from agent.verify.wire import (
+    DirScan,
+    Reply,
+    ScanFailure,
+    digests_of,
+    entries_of,
+    same_files,
+    scans_of,
+)
 
 NOBODY = cast(Channel, None)  # decoding never touches the channel
 
@@ -76,3 +84,16 @@ def test_entries_are_typed(raw: list, entry: Entry) -> None:
     [decoded] = entries_of(json.dumps([raw]).encode("ascii"))
     assert decoded == entry and type(decoded) is Entry
     assert decoded.kind is entry.kind
+
+
+def test_equal_runs_of_files_settle_without_typing_each_entry() -> None:
+    files = [["a", "f", 0, ""], ["b\xff", "f", 3, "ab" * 16], ["c", "l", 0, "to"]]
+    assert same_files(files, [list(e) for e in files], False) == "a/b\xff/c"
+    assert same_files(files, files[:2], False) is None  # not equal
+    changed = files[:2] + [["c", "l", 0, "elsewhere"]]
+    assert same_files(files, changed, False) is None
+    unread = files + [["d", "f", 9, None, 123]]
+    assert same_files(unread, unread, False) is None  # still to be read
+    assert same_files(unread, unread, True) == "a/b\xff/c/d"  # quick: size and mtime equal
+    for odd in (["d", "d", 0, None], ["e", "e", 0, "why"], ["s", "s", 0, None]):
+        assert same_files(files + [odd], files + [odd], True) is None  # decided one by one

@@ -11,7 +11,7 @@ from ..model import Verdict
 from .compare import DIR, Entry, Side, judge_digests, merge, quick_merge
 from .excludes import ExcludeRules
 from .report import ResultSink
-from .wire import Digests, DirScan, ScanFailure, entries_of
+from .wire import Digests, DirScan, Row, ScanFailure, rows_of, same_files, typed
 
 SOURCE, TARGET = Side.SOURCE, Side.TARGET
 # Per same-size pair still to be read, each side's outcome: (digest, None) or (None, why).
@@ -19,6 +19,7 @@ Outcome = Tuple[Optional[str], Optional[str]]
 # Entries of a streamed listing held for a side that is ahead of the other; past this, the
 # side is not asked for more until the other catches up.
 PENDING_MAX = 1 << 15
+SAME_BLOCK = 1024  # entries compared whole at a time: a difference makes only its block slow
 
 
 class Folder:
@@ -45,7 +46,7 @@ class Folder:
         # A huge directory's listings arrive in chunks: per side the stream still to read
         # from (absent once it ended), the entries not merged yet, and a chunk asked for.
         self.streams: dict[Side, int] = {}
-        self.pending: dict[Side, list[Entry]] = {SOURCE: [], TARGET: []}
+        self.pending: dict[Side, list[Row]] = {SOURCE: [], TARGET: []}
         self.asked: set[Side] = set()
 
     def unlisted(self, side: Side, failure: ScanFailure, sink: ResultSink) -> None:
@@ -95,7 +96,7 @@ class Folder:
             ]
         for side, scan in ((SOURCE, src), (TARGET, tgt)):
             if scan is not None:
-                self.pending[side] = self._entries(scan.listing, rules)
+                self.pending[side] = rows_of(scan.listing)
                 if scan.stream:
                     self.streams[side] = scan.stream
         return self.advance(rules, sink, quick)
@@ -103,7 +104,7 @@ class Folder:
     def take(self, side: Side, listing: bytes, end: bool, rules: ExcludeRules) -> None:
         """The next chunk of a side's streamed listing."""
         self.asked.discard(side)
-        self.pending[side] += self._entries(listing, rules)
+        self.pending[side] += rows_of(listing)
         if end:
             del self.streams[side]
 
@@ -127,7 +128,7 @@ class Folder:
         for side in self.streams:
             if not self.pending[side]:
                 return []  # its next entry may come before any the other side has
-            last = self.pending[side][-1].name
+            last = self.pending[side][-1][0]
             if bound is None or last < bound:
                 bound = last
         if bound is None:
@@ -135,17 +136,42 @@ class Folder:
             self.pending = {SOURCE: [], TARGET: []}
         else:
             # A name never holds NUL: this key sorts after `bound` and before any later name.
-            key = (bound + "\0",)
+            key = [bound + "\0"]
             cut_src, cut_tgt = bisect_left(src, key), bisect_left(tgt, key)
             src_part, tgt_part = src[:cut_src], tgt[:cut_tgt]
             del src[:cut_src], tgt[:cut_tgt]
-        return self._decide(src_part, tgt_part, sink, quick)
+        return self._decide(src_part, tgt_part, rules, sink, quick)
 
     def _decide(
-        self, src_entries: list[Entry], tgt_entries: list[Entry], sink: ResultSink,
+        self, src: list[Row], tgt: list[Row], rules: ExcludeRules, sink: ResultSink,
         quick: int | None,
     ) -> list[Folder]:  # fmt: skip
-        """Settle what two sorted runs of entries decide, and return the subdirectories."""
+        """Settle what two sorted runs of entries (covering the same names) decide, and
+        return the subdirectories. Blocks of them that are equal files on both sides, the
+        common case, are settled whole; only the others are typed and merged entry by entry."""
+        if rules or self.target_unreadable or not src or not tgt:
+            return self._merge_typed(src, tgt, rules, sink, quick)
+        subdirs: list[Folder] = []
+        start = tgt_start = 0
+        while start < len(src):
+            end = min(start + SAME_BLOCK, len(src))
+            tgt_end = len(tgt)
+            if end < len(src):  # the target's entries up to the block's last name
+                tgt_end = bisect_left(tgt, [src[end - 1][0] + "\0"], tgt_start)
+            src_block, tgt_block = src[start:end], tgt[tgt_start:tgt_end]
+            names = same_files(src_block, tgt_block, quick is not None)
+            if names is None:
+                subdirs += self._merge_typed(src_block, tgt_block, rules, sink, quick)
+            else:
+                sink.settled(sink.identical(self.rel, names))
+            start, tgt_start = end, tgt_end
+        return subdirs
+
+    def _merge_typed(
+        self, src: list[Row], tgt: list[Row], rules: ExcludeRules, sink: ResultSink,
+        quick: int | None,
+    ) -> list[Folder]:  # fmt: skip
+        src_entries, tgt_entries = self._entries(src, rules), self._entries(tgt, rules)
         if quick is None:
             merged = merge(src_entries, tgt_entries, target_unreadable=self.target_unreadable)
         else:
@@ -169,9 +195,9 @@ class Folder:
             for name, on_src, on_tgt in merged.subdirs
         ]  # fmt: skip
 
-    def _entries(self, listing: bytes, rules: ExcludeRules) -> list[Entry]:
+    def _entries(self, rows: list[Row], rules: ExcludeRules) -> list[Entry]:
         """Listed entries that are not excluded."""
-        entries = entries_of(listing)
+        entries = typed(rows)
         if not rules:
             return entries
         prefix, excluded = self.prefix, rules.excluded

@@ -491,6 +491,7 @@ class Worker:
             old = _row_lookup(*fields) if fields else {}
             # The row to store: flat (ino, size, mtime_ns, ctime_ns) per file, and digests.
             row_stats, row_digests = [], []
+            row_packed = ([], [])  # earlier files' stats and digests, packed as runs spill
             keep_stats, keep_digest = row_stats.extend, row_digests.append
             # Digests of files changed this recently are not kept: they may change again
             # within the same mtime tick (the racy-git problem).
@@ -522,6 +523,7 @@ class Worker:
                     if len(entries) >= RUN_ENTRIES:
                         runs.append(_pack_run(entries))
                         del entries[:]
+                        _pack_into(row_packed, row_stats, row_digests)
                     name = encode(entry.name, fs_encoding, fs_errors)
                     fd = -1
                     st = None
@@ -643,13 +645,17 @@ class Worker:
         # The cache row goes as the bytes to store (b"": unchanged).
         if (
             fields is not None
+            and not row_packed[0]  # a huge directory's row is packed as it goes
             and row_digests == fields[1]
             and tuple(row_stats) == fields[0]
             and len(cache_row) % ROW_ITEM == 0
         ):
             row = cache_row  # every file as the row has it (a warm run): no need to pack it
+        elif remember:
+            _pack_into(row_packed, row_stats, row_digests)
+            row = b"".join(row_packed[0] + row_packed[1])
         else:
-            row = pack_row(row_stats, row_digests) if remember else b""
+            row = b""
         # "new_row": the row to store differs from the one sent (an empty one drops it).
         summary["new_row"] = bool(
             remember and (row != cache_row or not usable) and (row or cache_row)
@@ -780,6 +786,17 @@ class Worker:
             return ["err", ident, "unknown request %r" % (op,)]
         except OSError as exc:
             return ["err", ident, os.strerror(exc.errno) if exc.errno else str(exc)]
+
+
+def _pack_into(packed, stats, digests):
+    """Moves the files of a cache row so far into `packed`, (stats, digests) as bytes: as
+    lists of ints and strings they take five times the room."""
+    if digests:
+        row = pack_row(stats, digests)
+        cut = 32 * len(digests)
+        packed[0].append(row[:cut])
+        packed[1].append(row[cut:])
+        del stats[:], digests[:]
 
 
 def _pack_run(entries):

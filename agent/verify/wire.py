@@ -8,7 +8,7 @@ and a listing as compare.Entry values.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, List, NamedTuple
 
 from .compare import Entry, Kind
 
@@ -117,11 +117,36 @@ def chunk_of(reply: Reply) -> tuple[bytes, bool]:
 _KINDS = {kind.value: kind for kind in Kind}
 
 
+# A listed entry as the helper sends it: [name, kind letter, size, value(, mtime)]. Lists of
+# them are kept as they come while a streamed listing waits to be merged, and typed only
+# where the merge has to look at single entries.
+Row = List[Any]
+
+
+def rows_of(listing: bytes) -> list[Row]:
+    """A listing's entries, sorted by name (row[0]), as the helper sent them."""
+    rows: list[Row] = json.loads(listing)
+    return rows
+
+
 def entries_of(listing: bytes) -> list[Entry]:
-    """A scan's listing as typed entries: the one place the helper's lists become Entry."""
+    """A scan's listing as typed entries."""
+    return typed(rows_of(listing))
+
+
+def typed(rows: list[Row]) -> list[Entry]:
+    """Rows as typed entries: the one place the helper's lists become Entry."""
     kinds, new = _KINDS, tuple.__new__
     # tuple.__new__ straight: Entry(...) costs twice as much, once per entry of a tree.
-    return [
-        new(Entry, (e[0], kinds[e[1]], e[2], e[3], e[4] if len(e) > 4 else 0))
-        for e in json.loads(listing)
-    ]
+    return [new(Entry, (e[0], kinds[e[1]], e[2], e[3], e[4] if len(e) > 4 else 0)) for e in rows]
+
+
+def same_files(src: list[Row], tgt: list[Row], quick: bool) -> str | None:
+    """When two runs of rows are equal and hold only files and symlinks that are identical
+    for being equal (files with their digest; in quick mode, any with its size and mtime),
+    their names joined by "/"; else None. The common case of a huge directory's chunks,
+    settled without a Python step per entry."""
+    if src != tgt:
+        return None
+    names = [e[0] for e in src if e[1] == "l" or (e[1] == "f" and (quick or e[3] is not None))]
+    return "/".join(names) if len(names) == len(src) else None
