@@ -381,8 +381,8 @@ class LibXxhash:
 
 def _canonical(value):
     """The hex digest of an XXH128_hash_t: its two 64-bit halves as they lie in memory,
-    reversed, are on a little-endian host the canonical form (high half first, big-endian);
-    three C calls, half the time of reading both fields and formatting them."""
+    reversed, are on a little-endian host the canonical form (high half first, big-endian),
+    in three C calls (measured a little cheaper than reading both fields and formatting)."""
     if _LITTLE_ENDIAN:
         return memoryview(value).tobytes()[::-1].hex()
     return "%016x%016x" % (value.high64, value.low64)
