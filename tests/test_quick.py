@@ -75,23 +75,6 @@ def test_quick_differs_from_content_only_where_content_changed_with_size_and_mti
     assert not content_report.read_text().startswith("#")
 
 
-def test_quick_over_ssh_answers_as_locally(
-    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path
-) -> None:
-    src, dst = scenario
-    local, local_doc, _ = run_verify(
-        tmp_path, [{"path": str(src), "target": str(dst)}], None, "--quick"
-    )
-    remote, ssh_doc, _ = run_verify(
-        tmp_path, [{"path": str(src), "target": sshd.url(dst)}],
-        sshd.ssh_section(python=sys.executable), "--quick",
-    )  # fmt: skip
-    assert local.returncode == remote.returncode == 1, remote.stderr
-    assert local_doc is not None and ssh_doc is not None
-    assert local_doc["consistency_result"] == ssh_doc["consistency_result"]
-    assert ssh_doc["directories"][0]["bytes_hashed"] == 0
-
-
 def test_the_modify_window_and_the_table(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, {"a": "same", "empty": ""})
@@ -180,17 +163,19 @@ def test_the_tasks_consistency_mode_picks_quick_unless_the_config_says(tmp_path:
             assert done.returncode == (0 if expected == "quick" else 1)
 
 
-def test_quick_with_a_remote_source_answers_as_locally(
-    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path
+@pytest.mark.parametrize("remote_side", ["target", "source"])
+def test_quick_over_ssh_answers_as_locally(
+    sshd: Sshd, scenario: tuple[Path, Path], tmp_path: Path, remote_side: str
 ) -> None:
     src, dst = scenario
     local, local_doc, _ = run_verify(
         tmp_path, [{"path": str(src), "target": str(dst)}], None, "--quick"
     )
+    remote_entry = {"path": str(src), "target": str(dst)}
+    remote_entry[remote_side] = sshd.url(dst if remote_side == "target" else src)
     remote, remote_doc, _ = run_verify(
-        tmp_path, [{"path": str(src), "source": sshd.url(src), "target": str(dst)}],
-        sshd.ssh_section(python=sys.executable), "--quick",
-    )  # fmt: skip
+        tmp_path, [remote_entry], sshd.ssh_section(python=sys.executable), "--quick"
+    )
     assert local.returncode == remote.returncode == 1, remote.stderr
     assert local_doc is not None and remote_doc is not None
     assert local_doc["consistency_result"] == remote_doc["consistency_result"]
