@@ -71,3 +71,37 @@ def test_the_helper_gives_the_reference_counts_on_each_python(
         "xxh3-128" if via == "libxxhash" else "blake2b",
         via,
     )
+
+
+def test_a_streamed_listing_on_the_oldest_python(sshd: Sshd, tmp_path: Path) -> None:
+    """A directory past the size that switches the helper to sorted runs and chunks, on the
+    oldest interpreter present: the run merging and chunking code runs there too."""
+    present = [v for v in VERSIONS if os.access(pyenv_root() / "versions" / v / "bin" / "python3",
+                                                os.X_OK)]  # fmt: skip
+    if not present:
+        pytest.skip(f"none of Python {', '.join(VERSIONS)} is installed under {pyenv_root()}")
+    python = pyenv_root() / "versions" / present[0] / "bin" / "python3"
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    count = 2 * helper.RUN_ENTRIES + 1000  # more than two runs, more than one chunk
+    for index in range(count):
+        name = f"f{(index * 7919) % count:06d}"  # created out of order
+        (src / name).write_bytes(name.encode())
+        if index % 5000 != 1:
+            (dst / name).write_bytes(name.encode() if index % 4000 else b"X" * len(name))
+    (dst / "zz-extra").write_bytes(b"more")
+    done, document, _ = run_verify(
+        tmp_path, [{"path": str(src), "target": sshd.url(dst)}],
+        sshd.ssh_section(python=str(python)), "--no-cache",
+    )  # fmt: skip
+    assert done.returncode == 1 and document is not None, done.stderr
+    result = document["directories"][0]
+    assert result["error"] is None, result
+    want = expected_counts(os.fsencode(src), os.fsencode(dst))
+    got = {key: result[f"num_{key}_files"] for key in ("total", "identical", "different")}
+    got["missing"] = result["num_target_miss_files"]
+    got["more"] = result["num_target_more_files"]
+    assert got == want
+    assert (want["missing"], want["more"]) == (len(range(1, count, 5000)), 1)
+    assert want["different"] > 0
