@@ -383,3 +383,111 @@ def test_a_huge_directory_is_streamed_sorted_in_chunks(tmp_path: Path) -> None:
     assert [e[0] for e in entries] == sorted(n.decode("latin-1") for n in names + [b"sub"])
     assert entries[0] == ["caf\xe9", "f", 0, ""] and entries[-1] == ["sub", "d", 0, None]
     assert not worker.streams  # the finished listing is dropped
+
+
+def _settled_files(folder: Path, count: int) -> dict[str, bytes]:
+    contents = {f"f{i:05d}": b"%d" % i for i in range(count)}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+        old_enough(folder / name)
+    time.sleep(helper.RACY_SECONDS + 0.1)  # so the files' ctime is no longer racy
+    return contents
+
+
+def _forged(row: bytes, order: list[int] | None = None) -> bytes:
+    """The row with each digest replaced by one naming the file's inode, so a digest shows
+    which entry of the row vouched for it; its files in `order` (inodes) when given."""
+    entries = helper.row_entries(row)
+    keys = order if order is not None else list(entries)
+    return helper.row_from_entries({i: entries[i][:3] + (named(i),) for i in keys})
+
+
+def named(inode: int) -> str:
+    """The forged digest that names an inode."""
+    return f"{inode:032x}"
+
+
+def scan_whole(folder: Path, cache: bytes, **options: object) -> tuple[dict, dict[str, list]]:
+    """A scan's summary and its entries by name, every chunk of a streamed listing read."""
+    worker = helper.Worker()
+    worker.hello({"algorithms": ["xxh3-128"]})
+    summary, listing, _row = worker.scan_dir(os.fsencode(folder).decode("latin-1"), options, cache)
+    entries = json.loads(listing)
+    while summary.get("stream"):
+        head, listing = worker.next_chunk(summary["stream"])
+        entries += json.loads(listing)
+        if head["end"]:
+            break
+    return summary, {e[0]: e for e in entries}
+
+
+def test_a_huge_cache_row_is_followed_in_order_not_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helper, "RUN_ENTRIES", 40)  # 300 files make a huge directory
+    _settled_files(tmp_path, 300)
+    first = scan(tmp_path, hash=True, remember=True)
+    dev, forged = first["dev"], _forged(first["cache"])
+    # Unchanged: every digest comes from the row, from the file's own entry in it.
+    warm, entries = scan_whole(tmp_path, forged, hash=True, remember=True, cache_dev=dev)
+    assert (warm["hits"], warm["read"]) == (300, 0)
+    for name, entry in entries.items():
+        assert entry[3] == named(os.stat(tmp_path / name).st_ino), name
+    # A few files removed, added and rewritten: the cursor finds its place again.
+    for name in ("f00003", "f00150", "f00299"):
+        (tmp_path / name).unlink()
+    for name in ("g1", "g2"):
+        (tmp_path / name).write_bytes(b"new")
+    with open(tmp_path / "f00100", "r+b") as handle:
+        handle.write(b"X")
+    changed, entries = scan_whole(tmp_path, forged, hash=True, remember=True, cache_dev=dev)
+    assert (changed["hits"], changed["read"]) == (296, 3)  # f00100, g1 and g2 are read
+    assert entries["f00100"][3] != named(os.stat(tmp_path / "f00100").st_ino)
+
+
+def test_a_huge_cache_row_in_another_order_costs_reads_never_a_wrong_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xxhash
+
+    monkeypatch.setattr(helper, "RUN_ENTRIES", 40)
+    contents = _settled_files(tmp_path, 300)
+    first = scan(tmp_path, hash=True, remember=True)
+    inodes = list(helper.row_entries(first["cache"]))
+    reversed_row = _forged(first["cache"], inodes[::-1])  # as if readdir's order had changed
+    reply, entries = scan_whole(
+        tmp_path, reversed_row, hash=True, remember=True, cache_dev=first["dev"]
+    )
+    assert reply["read"] > 0 and reply["hits"] + reply["read"] == 300
+    for name, entry in entries.items():
+        ino = os.stat(tmp_path / name).st_ino
+        assert entry[3] in (named(ino), xxhash.xxh3_128_hexdigest(contents[name])), name
+
+
+def test_a_warm_scan_of_a_huge_directory_holds_no_object_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    monkeypatch.setattr(helper, "RUN_ENTRIES", 1000)
+    # The merge decodes a piece of each run and the first chunk whole: small ones here.
+    monkeypatch.setattr(helper, "RUN_PIECE", 64)
+    monkeypatch.setattr(helper, "CHUNK_ENTRIES", 1000)
+    count = 20_000
+    _settled_files(tmp_path, count)
+    first = scan(tmp_path, hash=True, remember=True)
+    worker = helper.Worker()
+    worker.hello({"algorithms": ["xxh3-128"]})
+    options = {"hash": True, "remember": True, "cache_dev": first["dev"]}
+    tracemalloc.start()
+    try:
+        summary, _chunk, _row = worker.scan_dir(
+            os.fsencode(tmp_path).decode("latin-1"), options, first["cache"]
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["hits"] == count and summary["new_row"] is False
+    # The listing's packed runs and the row to compare, about 150 bytes a file, where a
+    # dict of every file's stats and digest alone would take about 700.
+    assert peak < 300 * count, f"{peak / count:.0f} bytes a file"

@@ -487,8 +487,12 @@ class Worker:
             dev = os.fstat(dir_fd).st_dev
             remember = bool(options.get("remember"))  # the agent keeps a hash cache
             usable = remember and cache_row and options.get("cache_dev") == dev
-            fields = _row_fields(cache_row) if usable else None
-            old = _row_lookup(*fields) if fields else {}
+            fields = None
+            if usable and len(cache_row) // ROW_ITEM > RUN_ENTRIES:
+                old = _RowCursor(cache_row)  # a huge row is never unpacked whole
+            else:
+                fields = _row_fields(cache_row) if usable else None
+                old = _row_lookup(*fields) if fields else {}
             # The row to store: flat (ino, size, mtime_ns, ctime_ns) per file, and digests.
             row_stats, row_digests = [], []
             row_packed = ([], [])  # earlier files' stats and digests, packed as runs spill
@@ -845,6 +849,46 @@ class _RunMerger(object):
             out += piece[:cut]
             del piece[:cut]
         return out
+
+
+class _RowCursor(object):
+    """A huge directory's cache row, looked up without a dict of its entries (about 700
+    bytes a file). A warm scan meets the files in the order the row was made in, readdir's
+    order, which holds while the directory is unchanged: the file asked for is nearly
+    always the next one in the row. After files were added or removed, a short look ahead
+    finds the place again; a file not found near it is read again, which costs time but
+    never a wrong answer."""
+
+    LOOK_AHEAD = 64
+    _ENTRY = struct.Struct("<" + _ROW_STATS)
+    _INODE = struct.Struct("<Q")
+
+    def __init__(self, row):
+        self.row = row
+        self.count = len(row) // ROW_ITEM
+        self.next = 0  # where the next file is expected
+
+    def __len__(self):
+        return self.count
+
+    def get(self, key):
+        """The digest of a file with these (ino, size, mtime_ns, ctime_ns), or None."""
+        row, at = self.row, self.next
+        if at < self.count and self._ENTRY.unpack_from(row, 32 * at) == key:
+            return self._digest(at)
+        inode = self._INODE.unpack_from
+        for i in range(at, min(self.count, at + self.LOOK_AHEAD)):
+            if inode(row, 32 * i)[0] == key[0]:
+                if self._ENTRY.unpack_from(row, 32 * i) == key:
+                    return self._digest(i)
+                self.next = i + 1  # the same file, changed since
+                return None
+        return None  # a new file, or far from where the row has it
+
+    def _digest(self, index):
+        self.next = index + 1
+        start = 32 * self.count + 16 * index
+        return self.row[start : start + 16].hex()
 
 
 def _count_upto(entries, bound):
