@@ -3,7 +3,10 @@ failure never stops the others."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from agent.config import parse_config
 from agent.model import Verdict
@@ -54,3 +57,38 @@ def test_an_unreachable_machine_is_dialled_once_per_run(tmp_path: Path) -> None:
     assert second.elapsed < first.elapsed
     assert second.target == f"ssh://127.0.0.1:{port}/mnt{tmp_path}/b"
     assert not first.uploadable and not second.uploadable
+
+
+def _children() -> set[int]:
+    """This process's child processes still running (helpers not yet reaped)."""
+    mine = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == os.getpid():
+                mine.append(int(entry.name))
+    return set(mine)
+
+
+@pytest.mark.parametrize("remote", ["source", "target"])
+def test_local_helpers_started_ahead_end_when_the_other_side_is_unreachable(
+    tmp_path: Path, remote: str
+) -> None:
+    # Each local side's helpers start before any machine is greeted; when the other side
+    # cannot be reached they are never taken by a pool, and must not outlive the run.
+    write_tree(tmp_path / "a", {"x": "1"})
+    local = str(tmp_path / "a")
+    directory = {"path": local, "target": local}
+    directory[remote] = f"ssh://127.0.0.1:{free_port()}{local}"  # nothing listens there
+    config = parse_config({
+        "state_dir": str(tmp_path / "state"),
+        "ssh": {"connect_timeout": 5},
+        "directories": [directory],
+    })  # fmt: skip
+    before = _children()
+    (result,) = run_verification(config, config.directories)
+    assert result.error is not None and "cannot connect" in result.error
+    assert _children() - before == set()

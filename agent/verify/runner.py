@@ -42,17 +42,20 @@ class _Pools:
         # A machine that could not be reached is not dialled again for each of its
         # directories in the same run: they all get the first attempt's error at once.
         self._unreachable: dict[tuple[Side, str], TargetError] = {}
-        self._spare: list[Channel] = []  # local source helpers started ahead of their pool
+        # Local helpers started ahead of their pool, per side, so they boot at once.
+        self._spare: dict[Side, list[Channel]] = {}
 
     def prepare(self, plan: DirPlan) -> None:
-        """Start local source helpers now, so they boot while the other side is greeted."""
-        if plan.source.host is not None or self._spare:
-            return
-        if any(side is Side.SOURCE and key == "local" for side, key, _ in self._pools):
-            return
-        self._spare = spawn_local(self.workers)
-        self.cancel.adopt(self._spare)
-        self.stack.callback(self._close_spare)
+        """Start each local side's helpers now, so they boot together and while a remote
+        side is greeted, instead of one after the other."""
+        for side, spec in ((Side.SOURCE, plan.source), (Side.TARGET, plan.target)):
+            if spec.host is not None or side in self._spare:
+                continue
+            if any(s is side and key == "local" for s, key, _ in self._pools):
+                continue
+            self._spare[side] = spawn_local(self.workers)
+            self.cancel.adopt(self._spare[side])
+            self.stack.callback(self._close_spare, side)
 
     def pair(self, plan: DirPlan) -> tuple[Pool, Pool]:
         """(source pool, target pool) agreeing on one hash algorithm."""
@@ -76,8 +79,9 @@ class _Pools:
             for channel in pool.channels:
                 channel.hang_up()
 
-    def _close_spare(self) -> None:
-        for channel in self._spare:
+    def _close_spare(self, side: Side) -> None:
+        """Helpers started ahead and never taken by a pool (the other side unreachable)."""
+        for channel in self._spare.pop(side, []):
             channel.close()
 
     def _pool(self, side: Side, spec: TargetSpec, offer: tuple[str, ...]) -> Pool:
@@ -101,9 +105,7 @@ class _Pools:
         return pool
 
     def _open(self, side: Side, spec: TargetSpec, offer: tuple[str, ...]) -> Pool:
-        started = None
-        if side is Side.SOURCE and spec.host is None:
-            started, self._spare = self._spare, []
+        started = self._spare.pop(side, None) if spec.host is None else None
         pool = open_pool(
             spec,
             side=side.value,
