@@ -24,6 +24,7 @@ HELPER_SOURCE = (Path(__file__).with_name("helper.py")).read_bytes()
 # The first reply (hello) is tiny; a larger "length" is text a login script printed on the
 # SSH session's stdout before the helper started, which would otherwise stall the reader.
 FIRST_FRAME_MAX = 1 << 20
+READ_SIZE = 1 << 18  # more than a pipe holds (64 KiB unless resized)
 
 # Turns what a dead helper left behind (its stderr, its exit status or None) into one line.
 Explain = Callable[[str, "int | None"], str]
@@ -80,6 +81,9 @@ class Channel:
         os.set_blocking(self.out_fd, False)
         self._out = bytearray(HELPER_SOURCE)
         self._in = bytearray()
+        # Replies are read into this one buffer: os.read(fd, n) allocates n bytes each call,
+        # which for a large n costs more than the read itself.
+        self._scratch = bytearray(READ_SIZE)
         self._stderr_thread = threading.Thread(
             target=self._drain_stderr, name=f"{label}-stderr", daemon=True
         )
@@ -112,16 +116,17 @@ class Channel:
 
     def read_available(self) -> list[Reply]:
         try:
-            data = os.read(self.out_fd, 1 << 22)
+            count = os.readv(self.out_fd, [self._scratch])
         except BlockingIOError:
             return []
         except OSError:
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             self.alive = False
             return [Reply(self, None)]
         buf = self._in
-        buf += data
+        with memoryview(self._scratch) as data:
+            buf += data[:count]
         replies = []
         offset = 0
         while len(buf) - offset >= 4:
