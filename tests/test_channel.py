@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import TargetError
+from agent.verify import channel
 from agent.verify.channel import Channel, bootstrap_command, call, explain_exit, wait_for_replies
 from agent.verify.compare import Entry, Kind
 from agent.verify.wire import DirScan, ScanFailure, entries_of, scans_of
@@ -95,3 +96,27 @@ def test_a_helper_that_stops_is_one_line(script: str, message: str) -> None:
 def test_a_local_helper_failure_is_its_last_line() -> None:
     assert explain_exit("a\nboom\n", 1) == "boom"
     assert explain_exit("", 9) == "helper exited with status 9"
+
+
+def test_a_large_reply_arrives_whole_through_a_widened_pipe(tmp_path: Path) -> None:
+    # A listing of a few hundred KiB: with the pipe at 1 MiB it is read in a read or two,
+    # not one per 64 KiB (each of which wakes the helper again).
+    import fcntl
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    if limit < channel.PIPE_SIZE:
+        pytest.skip(f"pipes here are limited to {limit} bytes")
+    for i in range(6000):
+        (tmp_path / f"file-with-a-longish-name-{i:05d}").write_bytes(b"")
+    helper = Channel(bootstrap_command(sys.executable), "local")
+    try:
+        assert fcntl.fcntl(helper.out_fd, 1032) == channel.PIPE_SIZE  # F_GETPIPE_SZ
+        call(helper, "hello", {"algorithms": ["xxh3-128"]}, timeout=30)
+        helper.send("scan", [[str(tmp_path), {}]], attach=[b""])
+        replies = []
+        while not replies:
+            replies = wait_for_replies([helper], 5.0)
+        _summaries, listing, _row = replies[0].values
+        assert len(json.loads(listing)) == 6000 and len(listing) > 1 << 18
+    finally:
+        helper.close()

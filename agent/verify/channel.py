@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -24,7 +25,11 @@ HELPER_SOURCE = (Path(__file__).with_name("helper.py")).read_bytes()
 # The first reply (hello) is tiny; a larger "length" is text a login script printed on the
 # SSH session's stdout before the helper started, which would otherwise stall the reader.
 FIRST_FRAME_MAX = 1 << 20
-READ_SIZE = 1 << 18  # more than a pipe holds (64 KiB unless resized)
+# A reply pipe is widened to this (Linux's default limit for a user): a helper writing a
+# listing of hundreds of KiB then blocks, and wakes, a few times instead of once per 64 KiB,
+# and each wake-up costs both processes a context switch.
+PIPE_SIZE = 1 << 20
+READ_SIZE = PIPE_SIZE  # one read takes whatever the pipe holds
 
 # Turns what a dead helper left behind (its stderr, its exit status or None) into one line.
 Explain = Callable[[str, "int | None"], str]
@@ -79,6 +84,7 @@ class Channel:
         self.out_fd = self.process.stdout.fileno()
         os.set_blocking(self.in_fd, False)
         os.set_blocking(self.out_fd, False)
+        _widen_pipe(self.out_fd)
         self._out = bytearray(HELPER_SOURCE)
         self._in = bytearray()
         # Replies are read into this one buffer: os.read(fd, n) allocates n bytes each call,
@@ -199,6 +205,12 @@ class Channel:
     def close(self, grace: float = 2.0) -> None:
         self.hang_up()
         self.reap(time.monotonic() + grace)
+
+
+def _widen_pipe(fd: int) -> None:
+    """Best effort: not on other systems, nor past /proc/sys/fs/pipe-max-size."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
 
 
 def wait_for_replies(channels: Sequence[Channel], timeout: float) -> list[Reply]:
