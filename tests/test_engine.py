@@ -312,6 +312,32 @@ def test_empty_files_are_identical_without_reading(tmp_path: Path) -> None:
     assert result.counts.files_hashed == 3 and result.counts.bytes_hashed == 3
 
 
+def _empty_files(folder: Path, count: int, skip: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(count):
+            if not (skip and i % skip == 5):
+                os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_huge_directories_stream_from_the_helper_that_listed_them(tmp_path: Path) -> None:
+    # A streamed listing lives in the helper that scanned the directory: with several
+    # helpers a side and other directories keeping them busy, each next chunk must still be
+    # asked of that helper (any other knows nothing of the stream).
+    src, tgt = tmp_path / "src", tmp_path / "tgt"
+    for root in (src, tgt):
+        for name in ("huge1", "huge2"):
+            _empty_files(root / name, helper.RUN_ENTRIES + 50, skip=4001 if root == tgt else 0)
+        write_tree(root, {f"small{i}/f": str(i) for i in range(40)})
+    result, _lines = verify(src, tgt, tmp_path / "state", config={"limits": {"workers": 3}})
+    assert result.error is None
+    assert counts(result) == expected_counts(bytes(src), bytes(tgt))
+    assert result.counts.missing == 2 * len(range(5, helper.RUN_ENTRIES + 50, 4001))
+
+
 def test_a_huge_directory_streamed_counts_every_verdict(tmp_path: Path) -> None:
     # Listings longer than a helper's run are merged chunk by chunk: every kind of verdict,
     # files to hash on request and subdirectories still come out as in a small directory.

@@ -383,6 +383,12 @@ def test_a_huge_directory_is_streamed_sorted_in_chunks(tmp_path: Path) -> None:
     assert [e[0] for e in entries] == sorted(n.decode("latin-1") for n in names + [b"sub"])
     assert entries[0] == ["caf\xe9", "f", 0, ""] and entries[-1] == ["sub", "d", 0, None]
     assert not worker.streams  # the finished listing is dropped
+    # A listing not wanted any more is dropped on request, before its end.
+    summary, _listing, _row = worker.scan_dir(os.fsencode(tmp_path).decode("latin-1"), {})
+    assert worker.streams
+    assert worker.handle(["drop", 9, summary["stream"]]) == ["ok", 9, True]
+    assert not worker.streams
+    assert worker.handle(["drop", 10, summary["stream"]]) == ["ok", 10, False]
 
 
 def _settled_files(folder: Path, count: int) -> dict[str, bytes]:

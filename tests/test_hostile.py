@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from agent.config import parse_config
+from agent.verify import helper
 from agent.verify.runner import run_verification
 
 from .conftest import smsagent_command, write_tree
@@ -224,6 +225,29 @@ def test_what_cannot_be_listed_is_an_error_never_consistent(
     assert as_counts(detail, errors=True) == expected
     assert detail["num_error_files"] >= 1 and status == 1
     assert any("cannot list: Permission denied" in s for s in detail["error_samples"])
+
+
+@needs_setpriv
+def test_a_huge_target_directory_under_an_unlistable_source_one(
+    tmp_path: Path, locked: list[Path]
+) -> None:
+    # The target's listing of d comes in chunks (more entries than a helper's run holds);
+    # the source's d cannot be listed, so nothing under it is compared and the rest of the
+    # target's listing is dropped, not asked for.
+    src, tgt = tmp_path / "src", tmp_path / "tgt"
+    write_tree(src, {"a": "1", "d/b": "2"})
+    write_tree(tgt, {"a": "1", "d/b": "2"})
+    fd = os.open(tgt / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(helper.RUN_ENTRIES + helper.CHUNK_ENTRIES // 2):
+            os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    expected = expected_counts(os.fsencode(src), os.fsencode(tgt), unlistable_src=(b"d",))
+    os.chmod(src / "d", 0)
+    locked.append(src / "d")
+    status, detail = run_json(tmp_path, src, str(tgt), drop_caps=True)
+    assert as_counts(detail, errors=True) == expected and status == 1
 
 
 @needs_setpriv

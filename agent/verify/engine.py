@@ -145,6 +145,9 @@ class _Walk:
         self.stack: list[Folder] = []
         self.open = 0
         self.inflight: dict[tuple[Channel, int], _Request] = {}
+        # A streamed listing lives in the helper that scanned the directory: its next
+        # chunks are asked of that helper, whichever is least busy.
+        self.streamers: dict[tuple[Folder, Side], Channel] = {}
         self.last_reply = time.monotonic()
 
     def loop(self) -> None:
@@ -212,11 +215,15 @@ class _Walk:
             rows.append(row[1] if row else b"")
         self._send(_Request(folders, side, None), "scan", dirs, attach=rows)
 
-    def _send(self, request: _Request, op: str, *args: Any, attach: Sequence[bytes] = ()) -> None:
+    def _send(
+        self, request: _Request, op: str, *args: Any, attach: Sequence[bytes] = (),
+        channel: Channel | None = None,
+    ) -> None:  # fmt: skip
+        """Send on `channel`, or on the side's least busy helper."""
         pool = self.pools[request.side]
         if not pool.alive:
             raise TargetError(f"{pool.channels[0].label}: connection lost")
-        channel = pool.pick()
+        channel = channel or pool.pick()
         ident = channel.send(op, *args, attach=attach)
         self.inflight[(channel, ident)] = request
         for folder in request.folders:
@@ -237,6 +244,8 @@ class _Walk:
         if request.indexes is None:
             for folder, scan in zip(request.folders, scans_of(reply, len(request.folders))):
                 self._listed(folder, request.side, scan)
+                if isinstance(scan, DirScan) and scan.stream:
+                    self.streamers[(folder, request.side)] = channel
                 folder.waiting -= 1
                 if folder.waiting == 0:
                     self._merge(folder)
@@ -271,6 +280,8 @@ class _Walk:
             what = escape(self._path(side, folder.rel))
             raise TargetError(f"{side.value} {what}: the listing broke off: {reply.error}")
         listing, end = chunk_of(reply)
+        if end:
+            del self.streamers[(folder, side)]
         folder.take(side, listing, end, self.rules)
         hashing = len(folder.pairs)
         self.stack.extend(folder.advance(self.rules, self.sink, self.quick))
@@ -283,7 +294,12 @@ class _Walk:
             for side in (SOURCE, TARGET):
                 self._send_hash_chunks(folder, side, folder.unread(side, hashing))
         for side, stream in folder.wanted():
-            self._send(_Request([folder], side, None, more=True), "next", stream)
+            request = _Request([folder], side, None, more=True)
+            self._send(request, "next", stream, channel=self.streamers[(folder, side)])
+        for side, stream in folder.abandoned():
+            # Nothing of the directory is compared (its source cannot be listed): the rest
+            # of a listing still held for it is dropped, not kept until the run ends.
+            self.streamers.pop((folder, side)).send("drop", stream)
         if folder.waiting == 0:
             self._settle(folder)
 

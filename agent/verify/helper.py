@@ -784,6 +784,8 @@ class Worker:
                 return ["ok", ident] + self.scan_dirs(message[2], message[3:])
             if op == "next":
                 return ["ok", ident] + self.next_chunk(message[2])
+            if op == "drop":  # the rest of a streamed listing is not wanted
+                return ["ok", ident, self.streams.pop(message[2], None) is not None]
             if op == "hash":
                 digests, errors, stats, total = self.hash_files(*message[2:7])
                 return ["ok", ident, digests, errors, stats, total]
