@@ -52,6 +52,20 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+def empty_files(folder: Path, count: int, skip: int = 0) -> None:
+    """`count` empty files e000000, e000001, … in `folder` (made if need be), fast enough
+    for a directory larger than a helper's run; with `skip`, every skip-th from the 6th on
+    is left out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(count):
+            if not (skip and i % skip == 5):
+                os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
 def write_tree(root: Path | bytes, spec: dict[bytes | str, object]) -> None:
     """Create files from a mapping: bytes/str content is a file, ("link", target) a symlink,
     ("dir",) an empty directory, ("fifo",) a FIFO. Keys are relative paths (bytes allowed)."""

@@ -17,7 +17,7 @@ from agent.verify import helper
 from agent.verify.excludes import ExcludeRules
 from agent.verify.runner import run_verification
 
-from .conftest import ReportLines, write_tree
+from .conftest import ReportLines, empty_files, write_tree
 from .reference import expected_counts
 
 
@@ -312,17 +312,6 @@ def test_empty_files_are_identical_without_reading(tmp_path: Path) -> None:
     assert result.counts.files_hashed == 3 and result.counts.bytes_hashed == 3
 
 
-def _empty_files(folder: Path, count: int, skip: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(count):
-            if not (skip and i % skip == 5):
-                os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
-
-
 def test_huge_directories_stream_from_the_helper_that_listed_them(tmp_path: Path) -> None:
     # A streamed listing lives in the helper that scanned the directory: with several
     # helpers a side and other directories keeping them busy, each next chunk must still be
@@ -330,7 +319,7 @@ def test_huge_directories_stream_from_the_helper_that_listed_them(tmp_path: Path
     src, tgt = tmp_path / "src", tmp_path / "tgt"
     for root in (src, tgt):
         for name in ("huge1", "huge2"):
-            _empty_files(root / name, helper.RUN_ENTRIES + 50, skip=4001 if root == tgt else 0)
+            empty_files(root / name, helper.RUN_ENTRIES + 50, skip=4001 if root == tgt else 0)
         write_tree(root, {f"small{i}/f": str(i) for i in range(40)})
     result, _lines = verify(src, tgt, tmp_path / "state", config={"limits": {"workers": 3}})
     assert result.error is None
@@ -351,15 +340,7 @@ def test_a_huge_directory_streamed_counts_every_verdict(tmp_path: Path) -> None:
         # "same" is as large and identical on both sides: its first chunks are equal, and
         # still not the whole listing.
         for folder, skip in ((root, 9973 if root == tgt else 0), (root / "same", 0)):
-            folder.mkdir(exist_ok=True)
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for i in range(count):
-                    if skip and i % skip == 5:
-                        continue  # missing at the target
-                    os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-            finally:
-                os.close(fd)
+            empty_files(folder, count, skip)  # with skip: some missing at the target
     time.sleep(max(0.0, written + helper.RACY_SECONDS + 0.1 - time.time()))  # cacheable
     result, lines = verify(src, tgt, tmp_path / "state")
     assert result.error is None

@@ -22,7 +22,7 @@ from agent.config import parse_config
 from agent.verify import helper
 from agent.verify.runner import run_verification
 
-from .conftest import smsagent_command, write_tree
+from .conftest import empty_files, smsagent_command, write_tree
 from .reference import expected_counts
 from .sshd import Sshd, sshd_server  # noqa: F401 - the `sshd` fixture
 
@@ -237,12 +237,7 @@ def test_a_huge_target_directory_under_an_unlistable_source_one(
     src, tgt = tmp_path / "src", tmp_path / "tgt"
     write_tree(src, {"a": "1", "d/b": "2"})
     write_tree(tgt, {"a": "1", "d/b": "2"})
-    fd = os.open(tgt / "d", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(helper.RUN_ENTRIES + helper.CHUNK_ENTRIES // 2):
-            os.close(os.open(f"e{i:06d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
+    empty_files(tgt / "d", helper.RUN_ENTRIES + helper.CHUNK_ENTRIES // 2)
     expected = expected_counts(os.fsencode(src), os.fsencode(tgt), unlistable_src=(b"d",))
     os.chmod(src / "d", 0)
     locked.append(src / "d")
