@@ -497,3 +497,31 @@ def test_a_warm_scan_of_a_huge_directory_holds_no_object_per_file(
     # The listing's packed runs and the row to compare, about 150 bytes a file, where a
     # dict of every file's stats and digest alone would take about 700.
     assert peak < 300 * count, f"{peak / count:.0f} bytes a file"
+
+
+def test_files_are_put_into_a_row_in_place_of_their_inodes() -> None:
+    digest = "ab" * 16
+    row = helper.row_from_entries({i: (i, i, i, f"{i:032x}") for i in range(1, 1001)})
+    more = {5: (6, 7, 8, digest), 2000: (1, 2, 3, "cd" * 16), 9: (1, 1, 1, "short")}
+    merged = helper.row_entries(helper.row_with(row, more))
+    expected = {**helper.row_entries(row), 5: (6, 7, 8, digest), 2000: (1, 2, 3, "cd" * 16)}
+    del expected[9]  # a digest of another length is never stored (nor its old entry kept)
+    assert merged == expected
+    assert helper.row_with(b"", {}) == b"" and helper.row_with(row, {}) == row
+
+
+def test_putting_files_into_a_huge_row_holds_no_object_per_file() -> None:
+    import tracemalloc
+
+    count = 100_000
+    row = helper.row_from_entries({i: (i, i, i, f"{i:032x}") for i in range(1, count + 1)})
+    tracemalloc.start()
+    try:
+        merged = helper.row_with(row, {7: (1, 2, 3, "ab" * 16)})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(merged) == len(row)
+    # The copy being built and the result, each the row's 48 bytes a file; a dict of the
+    # row's files took 465 bytes a file here.
+    assert peak < 150 * count, f"{peak / count:.0f} bytes a file"

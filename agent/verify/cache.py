@@ -19,7 +19,7 @@ from typing import Any, Callable, Tuple
 from ..errors import StateError
 from ..names import escape
 from .compare import Side
-from .helper import ROW_ITEM, row_entries, row_from_entries
+from .helper import ROW_ITEM, row_with
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +315,8 @@ class RowBook:
         more = self._more.pop(key, None)
         if more:
             base = row or sent
-            entries = row_entries(base[1]) if base and base[0] == dev else {}
-            entries.update(more)
-            row = (dev or 0, row_from_entries(entries))
+            kept = base[1] if base and base[0] == dev else b""
+            row = (dev or 0, row_with(kept, more))
         if row is not None:
             scope, algorithm = self.scopes[side]
             self.cache.save_row(scope, path, algorithm, row[0], row[1])
