@@ -90,12 +90,12 @@ def test_excluded_entries_are_dropped_on_both_sides() -> None:
     assert lines == [(Verdict.IDENTICAL, b"keep", None)]
 
 
-def test_a_stream_of_a_directory_whose_source_cannot_be_listed_is_abandoned_once() -> None:
+def test_a_stream_of_a_directory_whose_source_cannot_be_listed_is_not_followed() -> None:
     folder = Folder(b"d", True, True)
     out, lines = sink()
     folder.unlisted(Side.SOURCE, ScanFailure("Permission denied", gone=False), out)
     folder.scans = {Side.TARGET: scan([["a", "f", 1, "x" * 32]])._replace(stream=7)}
     assert folder.merge(NO_RULES, out) == []
     assert folder.wanted() == []  # nothing more of it is asked for
-    assert folder.abandoned() == [(Side.TARGET, 7)] and folder.abandoned() == []
+    assert folder.streams == {}  # the engine drops it in its helper instead
     assert lines == [(Verdict.ERROR, b"d", "source: cannot list: Permission denied")]

@@ -208,9 +208,11 @@ class Channel:
 
 
 def _widen_pipe(fd: int) -> None:
-    """Best effort: not on other systems, nor past /proc/sys/fs/pipe-max-size."""
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    """Best effort, on Linux only (the command's number means nothing elsewhere; Python
+    names it from 3.10 on), and never past /proc/sys/fs/pipe-max-size."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
 
 
 def wait_for_replies(channels: Sequence[Channel], timeout: float) -> list[Reply]:

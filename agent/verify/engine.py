@@ -146,8 +146,8 @@ class _Walk:
         self.open = 0
         self.inflight: dict[tuple[Channel, int], _Request] = {}
         # A streamed listing lives in the helper that scanned the directory: its next
-        # chunks are asked of that helper, whichever is least busy.
-        self.streamers: dict[tuple[Folder, Side], Channel] = {}
+        # chunks are asked of that helper, whichever is least busy. (helper, stream number)
+        self.streamers: dict[tuple[Folder, Side], tuple[Channel, int]] = {}
         self.last_reply = time.monotonic()
 
     def loop(self) -> None:
@@ -245,7 +245,7 @@ class _Walk:
             for folder, scan in zip(request.folders, scans_of(reply, len(request.folders))):
                 self._listed(folder, request.side, scan)
                 if isinstance(scan, DirScan) and scan.stream:
-                    self.streamers[(folder, request.side)] = channel
+                    self.streamers[(folder, request.side)] = (channel, scan.stream)
                 folder.waiting -= 1
                 if folder.waiting == 0:
                     self._merge(folder)
@@ -295,11 +295,13 @@ class _Walk:
                 self._send_hash_chunks(folder, side, folder.unread(side, hashing))
         for side, stream in folder.wanted():
             request = _Request([folder], side, None, more=True)
-            self._send(request, "next", stream, channel=self.streamers[(folder, side)])
-        for side, stream in folder.abandoned():
-            # Nothing of the directory is compared (its source cannot be listed): the rest
-            # of a listing still held for it is dropped, not kept until the run ends.
-            self.streamers.pop((folder, side)).send("drop", stream)
+            self._send(request, "next", stream, channel=self.streamers[(folder, side)][0])
+        if folder.source_unreadable:
+            # Nothing of the directory is compared: the rest of a listing still held for it
+            # is dropped, not kept until the run ends.
+            owner = self.streamers.pop((folder, TARGET), None)
+            if owner is not None:
+                owner[0].send("drop", owner[1])
         if folder.waiting == 0:
             self._settle(folder)
 

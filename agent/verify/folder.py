@@ -27,7 +27,7 @@ class Folder:
 
     __slots__ = ("rel", "prefix", "on_src", "on_tgt", "target_unreadable", "source_unreadable",
                  "target_unlisted", "scans", "waiting", "pairs", "outcomes", "streams",
-                 "pending", "asked", "dropped")  # fmt: skip
+                 "pending", "asked")  # fmt: skip
 
     def __init__(
         self, rel: bytes, on_src: bool, on_tgt: bool, target_unreadable: str | None = None
@@ -48,7 +48,6 @@ class Folder:
         self.streams: dict[Side, int] = {}
         self.pending: dict[Side, list[Row]] = {SOURCE: [], TARGET: []}
         self.asked: set[Side] = set()
-        self.dropped: list[tuple[Side, int]] = []  # streams no longer wanted, to tell
 
     def unlisted(self, side: Side, failure: ScanFailure, sink: ResultSink) -> None:
         """A side's scan of this directory failed."""
@@ -72,7 +71,6 @@ class Folder:
         src, tgt = self.scans.get(SOURCE), self.scans.get(TARGET)
         self.scans = {}  # the listings are no longer needed
         if self.source_unreadable:
-            self.dropped = [(TARGET, tgt.stream)] if tgt is not None and tgt.stream else []
             return []
         if self.target_unlisted:
             # It may hold anything: one entry more at the target, with the reason (and each
@@ -109,11 +107,6 @@ class Folder:
         self.pending[side] += rows_of(listing)
         if end:
             del self.streams[side]
-
-    def abandoned(self) -> list[tuple[Side, int]]:
-        """The streams whose rest is not wanted at all, once: their helpers may drop them."""
-        dropped, self.dropped = self.dropped, []
-        return dropped
 
     def wanted(self) -> list[tuple[Side, int]]:
         """The streams to ask for their next chunk: one chunk in flight per side, and none
